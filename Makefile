@@ -1,0 +1,53 @@
+# One-command set-up: every target that needs the environment builds it first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+# Transformers and friends must never try the network: everything is built locally.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+
+.PHONY: all venv control-plane test test-unit cluster-up cluster-down demo crds lint clean
+
+all: test
+
+venv: $(STAMP)
+
+# constraints.txt is the resolved set (a lock): installs take seconds to resolve, never backtrack.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "pip>=24,<27"
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[trainer,test]"
+	touch $@
+
+# kube-apiserver, controller-manager, scheduler and etcd, built once and cached by version.
+control-plane: venv
+	bash localcluster/build-control-plane.sh
+
+test: venv control-plane
+	$(BIN)/python -m pytest -p no:cacheprovider tests
+
+test-unit: venv
+	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
+
+cluster-up: venv control-plane
+	$(BIN)/python -m localcluster up --with-s3
+
+cluster-down: venv
+	$(BIN)/python -m localcluster down
+
+demo: venv control-plane
+	$(BIN)/python -m localcluster.demo $(DEMO_ARGS)
+
+crds: venv
+	$(BIN)/python -m finetune_operator.crdgen > crds/finetunejobs.finetune.dev.yaml
+
+lint: venv
+	$(BIN)/hadolint trainer_image/Dockerfile operator/Dockerfile
+	$(BIN)/lint-imports
+
+clean:
+	rm -rf $(VENV) build *.egg-info

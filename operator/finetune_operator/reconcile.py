@@ -1,0 +1,484 @@
+"""The reconcile decision, pure: what exists (Observed) → what to do and the new status (Plan).
+
+Level-triggered: every call starts from the objects in the API server, never from memory of
+earlier calls, so a restarted operator (or a newly elected leader) converges to the same result.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from finetune_operator import api, builders, catalog, gpus, placement
+from finetune_operator import conditions as cond
+from finetune_operator.arch import Architecture
+from finetune_operator.config import OperatorConfig
+
+TERMINAL = ("Succeeded", "Failed")
+IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+
+
+@dataclass
+class Observed:
+    """Everything the decision depends on, read fresh from the API server."""
+
+    body: dict[str, Any]
+    inspect_config: dict[str, Any] | None = None
+    trainer_config: dict[str, Any] | None = None
+    inspect_pod: dict[str, Any] | None = None
+    job: dict[str, Any] | None = None
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    progress: dict[str, Any] = field(default_factory=dict)
+    nodes: list[dict[str, Any]] = field(default_factory=list)
+    active_jobs: int = 0
+
+
+@dataclass
+class Plan:
+    """What the handler does: ensure objects (in order), patch the Job, write the status."""
+
+    status: dict[str, Any]
+    ensure: list[dict[str, Any]] = field(default_factory=list)
+    job_suspend: bool | None = None
+    delete_job: bool = False
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+
+def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig) -> list[str]:
+    """What the platform's configuration refuses, with the field and what to do."""
+    errors = []
+    if spec.base_model.trust_remote_code and not config.allow_trust_remote_code:
+        errors.append("spec.baseModel.trustRemoteCode: this cluster does not allow running a model's own code; "
+                      "use a model supported natively by transformers, or ask the platform team to enable "
+                      "allowTrustRemoteCode")
+    endpoint = spec.output.endpoint
+    if endpoint and endpoint not in config.allowed_endpoints():
+        allowed = ", ".join(sorted(config.allowed_endpoints())) or "none (leave it unset for the default)"
+        errors.append(f"spec.output.endpoint: {endpoint!r} is not an allowed S3 endpoint (allowed: {allowed})")
+    if not endpoint and not config.s3.endpoint and not spec.output.region:
+        errors.append("spec.output.region: set the S3 region (or an endpoint): the operator has no default")
+    return errors
+
+
+def _termination(pod: dict[str, Any] | None) -> tuple[int | None, str, dict[str, Any]]:
+    """(exit code, container reason, decoded termination message) of the pod's trainer container."""
+    if not pod:
+        return None, "", {}
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            message = term.get("message") or ""
+            try:
+                decoded = json.loads(message) if message else {}
+            except json.JSONDecodeError:
+                decoded = {"message": message}
+            if not isinstance(decoded, dict):
+                decoded = {"message": str(decoded)}
+            return term.get("exitCode"), str(term.get("reason") or ""), decoded
+    return None, "", {}
+
+
+def _waiting_reason(pod: dict[str, Any]) -> tuple[str, str]:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting")
+        if waiting:
+            return str(waiting.get("reason") or ""), str(waiting.get("message") or "")
+    return "", ""
+
+
+def _pod_condition(pod: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return cond.get_condition((pod.get("status") or {}).get("conditions"), type_)
+
+
+class _Status:
+    """The status being built; records the state transition for the event."""
+
+    def __init__(self, body: dict[str, Any], now: datetime | None) -> None:
+        self.old = body.get("status") or {}
+        self.data: dict[str, Any] = copy.deepcopy(self.old)
+        self.generation = int(body["metadata"].get("generation") or 1)
+        self.now = now
+        self.data["observedGeneration"] = self.generation
+
+    def condition(self, type_: str, status: bool | None, reason: str, message: str) -> None:
+        self.data["conditions"] = cond.set_condition(
+            self.data.get("conditions"), type_, status, reason, message, self.generation, self.now)
+
+    def state(self, state: str) -> None:
+        self.data["state"] = state
+        if state not in ("Validating",) and not self.data.get("startTime"):
+            self.data["startTime"] = cond.now_rfc3339(self.now)
+
+    def fail(self, reason: str, message: str) -> None:
+        self.state("Failed")
+        self.condition(cond.FAILED, True, reason, message)
+        self.condition(cond.RUNNING, False, reason, "the job has failed")
+        self.data["failure"] = {"reason": reason, "message": message[:4000]}
+        self.data["completionTime"] = self.data.get("completionTime") or cond.now_rfc3339(self.now)
+
+
+def plan(obs: Observed, config: OperatorConfig, now: datetime | None = None) -> Plan:
+    """Decide the next step for one FineTuneJob."""
+    body = obs.body
+    st = _Status(body, now)
+    result = Plan(status=st.data)
+    old_state = st.old.get("state")
+    if old_state in TERMINAL:
+        # Finished jobs are left alone; their Job may already be gone through its TTL.
+        return result
+    _decide(obs, config, st, result)
+    new_state = st.data.get("state")
+    if new_state != old_state:
+        failure = st.data.get("failure") or {}
+        if new_state == "Failed":
+            result.events.append(("Warning", str(failure.get("reason", "Failed")), str(failure.get("message", ""))))
+        else:
+            message = _latest_message(st.data)
+            result.events.append(("Normal", str(new_state), message))
+    return result
+
+
+def _latest_message(status: dict[str, Any]) -> str:
+    conds = sorted(status.get("conditions") or [], key=lambda c: c.get("lastTransitionTime", ""))
+    return str(conds[-1]["message"]) if conds else ""
+
+
+def _decide(obs: Observed, config: OperatorConfig, st: _Status, result: Plan) -> None:
+    body = obs.body
+    meta = body["metadata"]
+    if not st.data.get("state"):
+        st.state("Validating")
+        st.condition(cond.VALIDATED, None, "Validating", "checking the spec")
+
+    errors = api.spec_errors(body.get("spec") or {})
+    if errors:
+        st.condition(cond.VALIDATED, False, "InvalidSpec", "; ".join(errors))
+        st.fail("InvalidSpec", "; ".join(errors))
+        return
+    spec = api.FineTuneJobSpec.model_validate(body["spec"])
+    errors = policy_errors(spec, config)
+    if errors:
+        st.condition(cond.VALIDATED, False, "InvalidSpec", "; ".join(errors))
+        st.fail("InvalidSpec", "; ".join(errors))
+        return
+    drift = _spec_drift(obs, body)
+    st.condition(cond.VALIDATED, True, "SpecChangeIgnored" if drift else "Valid",
+                 drift or "the spec is valid")
+
+    if obs.job is None:
+        arch = _inspect(obs, spec, config, st, result)
+        if arch is None:
+            return
+        if not _place(obs, spec, arch, config, st, result):
+            return
+        st.state("Queued")
+        st.condition(cond.SCHEDULED, None, "JobCreated", "the training Job was created; waiting for a GPU node")
+        return
+    _follow_job(obs, spec, config, st, result)
+
+
+def _spec_drift(obs: Observed, body: dict[str, Any]) -> str:
+    """A message when the spec changed after the run was configured (the CRD should refuse it)."""
+    current = builders.spec_hash(body["spec"])
+    for cm in (obs.trainer_config, obs.inspect_config):
+        recorded = ((cm or {}).get("metadata", {}).get("annotations") or {}).get("finetune.dev/spec-hash")
+        if recorded and recorded != current:
+            return ("the spec changed after the job started and the change is NOT applied; "
+                    "delete and re-create the FineTuneJob to change it (only runPolicy.suspend may change)")
+    return ""
+
+
+def _inspect(
+    obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig, st: _Status, result: Plan
+) -> Architecture | None:
+    """Run (or read) the CPU-only inspection; the model architecture when it has passed."""
+    body = obs.body
+    if obs.inspect_config is None:
+        result.ensure.append(builders.trainer_configmap(body, spec, config, None))
+    pod = obs.inspect_pod
+    if pod is None:
+        result.ensure.append(builders.inspection_pod(body, spec, config))
+        st.state("Inspecting")
+        st.condition(cond.INSPECTED, None, "Started", "inspecting the model and data on a CPU-only pod")
+        return None
+    phase = (pod.get("status") or {}).get("phase", "Pending")
+    if phase in ("Pending", "Running", "Unknown"):
+        reason, message = _waiting_reason(pod)
+        if reason in IMAGE_PULL_REASONS:
+            st.fail("ImagePullFailed", f"inspection pod cannot pull {config.trainer_image}: {message or reason}; "
+                    "check the operator's trainerImage and imagePullSecrets")
+            return None
+        st.state("Inspecting")
+        st.condition(cond.INSPECTED, None, "Running", "inspecting the model and data on a CPU-only pod")
+        return None
+    code, reason, summary = _termination(pod)
+    report = summary.get("reportUri", "")
+    where = f" (full report: {report})" if report else ""
+    if phase == "Failed":
+        text = str(summary.get("message") or f"inspection exited with code {code}")
+        if code == builders.EXIT_DATA_ERROR:
+            st.condition(cond.INSPECTED, False, "DataError", text + where)
+            st.fail("DataError", text + where)
+        elif code == builders.EXIT_CONFIG_ERROR:
+            st.condition(cond.INSPECTED, False, "InvalidSpec", text + where)
+            st.fail("InvalidSpec", text + where)
+        elif reason == "OOMKilled":
+            msg = (f"the inspection pod exceeded its memory limit ({config.inspection_memory}); "
+                   "raise inspectionMemory in the operator configuration")
+            st.condition(cond.INSPECTED, False, "OutOfMemory", msg)
+            st.fail("OutOfMemory", msg)
+        else:
+            st.condition(cond.INSPECTED, False, "InspectionFailed", text + where)
+            st.fail("InspectionFailed", text + where)
+        return None
+    data = summary.get("data") or {}
+    if data:
+        st.data["data"] = _data_status(data)
+    arch_info = summary.get("architecture")
+    arch: Architecture | None = None
+    if isinstance(arch_info, dict) and arch_info:
+        arch = Architecture.from_hf_config(arch_info, arch_info.get("module_names"))
+    else:
+        arch = catalog.lookup(spec.base_model.uri)
+    if arch is None:
+        msg = "inspection did not report the model architecture and the model is not in the catalog" + where
+        st.condition(cond.INSPECTED, False, "InspectionFailed", msg)
+        st.fail("InspectionFailed", msg)
+        return None
+    warnings = data.get("warnings") or []
+    st.condition(cond.INSPECTED, True, "Passed",
+                 f"model and data checked{where}" + (f"; {len(warnings)} warning(s)" if warnings else ""))
+    return arch
+
+
+def _data_status(data: dict[str, Any]) -> dict[str, Any]:
+    tokens = data.get("tokens") or {}
+    out: dict[str, Any] = {
+        "examples": data.get("examples"), "train": data.get("train"), "validation": data.get("validation"),
+        "tokensP50": tokens.get("p50"), "tokensP95": tokens.get("p95"), "tokensMax": tokens.get("max"),
+    }
+    if data.get("truncatedFraction") is not None:
+        out["truncatedFraction"] = str(data["truncatedFraction"])
+    if data.get("warnings"):
+        out["warnings"] = [str(w)[:1024] for w in data["warnings"]][:32]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _place(
+    obs: Observed, spec: api.FineTuneJobSpec, arch: Architecture, config: OperatorConfig, st: _Status, result: Plan
+) -> bool:
+    """Decide placement and, when it fits, create the training objects. True when created."""
+    inventory = gpus.inventory_from_nodes(obs.nodes, config.node_pools or None)
+    decision = placement.plan(
+        spec, arch, inventory, headroom_fraction=float(config.vram_headroom),
+        allow_trust_remote_code=config.allow_trust_remote_code,
+    )
+    for key, value in decision.status_fields().items():
+        st.data[key] = value
+    if decision.state == "Invalid":
+        st.condition(cond.SCHEDULED, False, "InvalidSpec", decision.message)
+        st.fail("InvalidSpec", decision.message)
+        return False
+    if not decision.fits:
+        text = decision.message
+        if decision.suggestions:
+            text += " Suggestions: " + "; ".join(decision.suggestions)
+        if decision.state == "Queued" or spec.run_policy.wait_for_capacity:
+            st.state("Queued")
+            st.condition(cond.SCHEDULED, False, "WaitingForCapacity", text)
+        else:
+            st.condition(cond.SCHEDULED, False, "Unschedulable", text)
+            st.fail("Unschedulable", text)
+        return False
+    if config.max_concurrent_jobs and obs.active_jobs >= config.max_concurrent_jobs:
+        st.state("Queued")
+        st.condition(cond.SCHEDULED, False, "ConcurrencyLimit",
+                     f"{obs.active_jobs} jobs are running, the operator's limit is {config.max_concurrent_jobs}")
+        return False
+    resolved = dict(st.data.get("resolved") or {})
+    body = obs.body
+    result.ensure.extend([
+        builders.service_account(body, config),
+        builders.role(body),
+        builders.role_binding(body),
+        builders.progress_configmap(body),
+        builders.trainer_configmap(body, spec, config, resolved),
+        builders.training_job(body, spec, config, decision.node_affinity),
+    ])
+    st.data["jobName"] = builders.naming.training_job(body["metadata"]["name"])
+    return True
+
+
+def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig, st: _Status, result: Plan) -> None:
+    """Status from the training Job, its pods and the progress ConfigMap."""
+    job = obs.job or {}
+    job_spec = job.get("spec") or {}
+    desired_suspend = spec.run_policy.suspend
+    kueue = bool(spec.resources.kueue_queue)
+    if not kueue and bool(job_spec.get("suspend")) != desired_suspend:
+        result.job_suspend = desired_suspend
+    _copy_progress(obs.progress, st)
+    pods = sorted(obs.pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+    st.data["attempts"] = len(pods)
+    _record_disruptions(pods, st)
+    job_conds = (job.get("status") or {}).get("conditions")
+    if cond.is_true(job_conds, "Complete") or cond.is_true(job_conds, "SuccessCriteriaMet"):
+        _succeeded(pods, st)
+        return
+    failed = cond.get_condition(job_conds, "Failed") or cond.get_condition(job_conds, "FailureTarget")
+    if failed and failed.get("status") == "True":
+        _failed(failed, pods, st)
+        return
+    active = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running", None)
+              and not p["metadata"].get("deletionTimestamp")]
+    for pod in active:
+        reason, message = _waiting_reason(pod)
+        if reason in IMAGE_PULL_REASONS:
+            image = pod["spec"]["containers"][0].get("image")
+            st.fail("ImagePullFailed", f"cannot pull the trainer image {image}: {message or reason}; "
+                    "check the operator's trainerImage and imagePullSecrets")
+            result.delete_job = True
+            return
+    if desired_suspend and not kueue:
+        st.state("Suspended")
+        st.condition(cond.SUSPENDED, True, "Suspended",
+                     "suspended by runPolicy.suspend; the last checkpoint is kept and the run resumes from it")
+        st.condition(cond.RUNNING, False, "Suspended", "suspended")
+        return
+    if cond.get_condition(st.data.get("conditions"), cond.SUSPENDED):
+        st.condition(cond.SUSPENDED, False, "Resumed", "resumed from the last checkpoint")
+    running = [p for p in active if (p.get("status") or {}).get("phase") == "Running"]
+    if running:
+        pod = running[-1]
+        node = pod["spec"].get("nodeName")
+        placement_status = dict(st.data.get("placement") or {})
+        placement_status["node"] = node
+        product = _node_product(obs.nodes, node)
+        if product:
+            placement_status["gpuProduct"] = product
+        st.data["placement"] = placement_status
+        st.state("Running")
+        st.condition(cond.SCHEDULED, True, "Scheduled", f"running on node {node}")
+        st.condition(cond.RUNNING, True, "Training", _progress_message(st.data.get("progress") or {}))
+        return
+    for pod in active:
+        sched = _pod_condition(pod, "PodScheduled")
+        if sched and sched.get("status") == "False":
+            st.state("Queued")
+            st.condition(cond.SCHEDULED, False, str(sched.get("reason") or "Unschedulable"),
+                         str(sched.get("message") or "waiting for a GPU node"))
+            return
+    st.state("Queued")
+    if cond.is_true(job_conds, "Suspended"):
+        st.condition(cond.SCHEDULED, None, "WaitingForAdmission", "the Job is suspended (waiting for Kueue admission)")
+    else:
+        st.condition(cond.SCHEDULED, None, "Starting", "waiting for the training pod to start")
+
+
+def _node_product(nodes: list[dict[str, Any]], node: str | None) -> str | None:
+    for n in nodes:
+        if n["metadata"]["name"] == node:
+            return (n["metadata"].get("labels") or {}).get("nvidia.com/gpu.product")
+    return None
+
+
+def _progress_message(progress: dict[str, Any]) -> str:
+    if progress.get("step") is not None and progress.get("totalSteps"):
+        return f"step {progress['step']}/{progress['totalSteps']}"
+    return "training"
+
+
+_PROGRESS_KEYS = ("phase", "step", "totalSteps", "epoch", "trainLoss", "evalLoss", "tokensPerSecond",
+                  "etaSeconds", "updatedAt")
+
+
+def _copy_progress(progress: dict[str, Any], st: _Status) -> None:
+    if not progress:
+        return
+    out = {k: progress[k] for k in _PROGRESS_KEYS if progress.get(k) is not None}
+    for key in ("epoch", "trainLoss", "evalLoss", "tokensPerSecond"):
+        if key in out:
+            out[key] = str(out[key])
+    if out.get("step") is not None and out.get("totalSteps"):
+        out["percent"] = max(0, min(100, int(100 * int(out["step"]) / int(out["totalSteps"]))))
+    if out:
+        st.data["progress"] = out
+    if progress.get("baselineEvalLoss") is not None:
+        st.data["baselineEvalLoss"] = str(progress["baselineEvalLoss"])
+    ckpt = progress.get("lastCheckpoint")
+    if isinstance(ckpt, dict) and ckpt.get("uri"):
+        st.data["lastCheckpoint"] = {k: ckpt[k] for k in ("step", "uri", "time") if k in ckpt}
+
+
+def _record_disruptions(pods: list[dict[str, Any]], st: _Status) -> None:
+    """Preemptions and evictions are shown but are not failures: the next pod resumes."""
+    for pod in pods:
+        target = _pod_condition(pod, "DisruptionTarget")
+        code, _, summary = _termination(pod)
+        if target and target.get("status") == "True":
+            st.data["lastDisruption"] = {"reason": str(target.get("reason") or "Disrupted"),
+                                         "message": str(target.get("message") or ""),
+                                         "time": target.get("lastTransitionTime") or cond.now_rfc3339(st.now)}
+        elif code == builders.EXIT_INTERRUPTED:
+            st.data["lastDisruption"] = {"reason": "Interrupted",
+                                         "message": str(summary.get("message") or "the trainer was stopped (SIGTERM) "
+                                                        "and saved a checkpoint"),
+                                         "time": cond.now_rfc3339(st.now)}
+
+
+def _succeeded(pods: list[dict[str, Any]], st: _Status) -> None:
+    done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
+    _, _, summary = _termination(done[-1] if done else None)
+    adapter = summary.get("adapter") or {}
+    if adapter.get("uri"):
+        st.data["adapter"] = {k: adapter[k] for k in ("uri", "sizeBytes", "sha256", "manifestUri") if k in adapter}
+    for key in ("baselineEvalLoss", "finalEvalLoss"):
+        if summary.get(key) is not None:
+            st.data[key] = str(summary[key])
+    progress = dict(st.data.get("progress") or {})
+    if progress.get("totalSteps"):
+        progress.update(step=progress["totalSteps"], percent=100, phase="done", etaSeconds=0)
+        st.data["progress"] = progress
+    st.state("Succeeded")
+    st.data["completionTime"] = st.data.get("completionTime") or cond.now_rfc3339(st.now)
+    where = adapter.get("uri", "S3")
+    st.condition(cond.RUNNING, False, "Completed", "training finished")
+    st.condition(cond.SUCCEEDED, True, "AdapterUploaded", f"adapter written to {where}")
+
+
+def _failed(job_failed: dict[str, Any], pods: list[dict[str, Any]], st: _Status) -> None:
+    """Classify a failed Job with an actionable message."""
+    failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    last = failed_pods[-1] if failed_pods else None
+    code, reason, summary = _termination(last)
+    text = str(summary.get("message") or "")
+    report = summary.get("reportUri")
+    job_reason = str(job_failed.get("reason") or "")
+    estimate = (st.data.get("estimate") or {}).get("total") or "unknown"
+    resolved = st.data.get("resolved") or {}
+    if job_reason == "DeadlineExceeded":
+        st.fail("DeadlineExceeded", "the job ran past runPolicy.activeDeadlineSeconds; the last checkpoint is kept "
+                "in S3 — raise the deadline and re-create the job to continue from it")
+    elif reason == "OOMKilled":
+        st.fail("OutOfMemory", "the training pod exceeded its host memory limit (OOMKilled, not GPU memory); "
+                "raise spec.resources.memory — loading and quantizing the base model needs host RAM "
+                "roughly the size of its bf16 weights")
+    elif code == builders.EXIT_CUDA_OOM:
+        micro = resolved.get("microBatchSize")
+        st.fail("OutOfMemory", f"CUDA out of memory on the GPU: {text or 'the trainer ran out of GPU memory'}. "
+                f"The estimate was {estimate} at micro-batch {micro}; try microBatchSize 1 with a larger "
+                "gradientAccumulation, a shorter dataset.maxSeqLength, or a GPU with more memory "
+                "(resources.allowedGpuProducts)")
+    elif code == builders.EXIT_DATA_ERROR:
+        st.fail("DataError", text + (f" (full report: {report})" if report else ""))
+    elif code == builders.EXIT_CONFIG_ERROR:
+        st.fail("InvalidSpec", text or "the trainer refused its configuration")
+    elif job_reason == "BackoffLimitExceeded":
+        detail = f" Last attempt: exit code {code}" + (f": {text}" if text else "") if code is not None else ""
+        st.fail("BackoffLimitExceeded", f"the trainer failed {len(failed_pods)} time(s), more than "
+                f"runPolicy.backoffLimit allows.{detail}")
+    else:
+        st.fail(job_reason or "Failed", str(job_failed.get("message") or text or "the training Job failed"))
