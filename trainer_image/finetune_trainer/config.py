@@ -1,0 +1,180 @@
+"""The trainer configuration (contract §1): TRL's ModelConfig + SFTConfig + our JobArguments.
+
+Parsed with TRL's `TrlParser` from one flat YAML file (`--config train.yaml`); command-line
+flags override the file, which is how the same command runs on a laptop. Unknown keys are a
+configuration error.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+from .data import FORMATS
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from trl import ModelConfig, SFTConfig
+
+COMPUTE_DTYPES = ("auto", "bf16", "fp16", "fp32")
+
+# What a QLoRA trainer needs that TRL's own defaults do not give. Applied before the file,
+# so any of them can still be set in it.
+QLORA_DEFAULTS: dict[str, Any] = {
+    "use_peft": True,
+    "load_in_4bit": True,
+    "bnb_4bit_quant_type": "nf4",
+    "use_bnb_nested_quant": True,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "lora_dropout": 0.05,
+    "gradient_checkpointing": True,
+    "report_to": "none",
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": 100,
+    "eval_strategy": "no",
+    "save_total_limit": 2,
+}
+
+
+@dataclass
+class JobArguments:
+    """The FineTuneJob-specific part of the configuration (see docs/contract.md §1)."""
+
+    job_uid: str = field(default="", metadata={"help": "FineTuneJob metadata.uid; part of every S3 key of the run."})
+    job_name: str = field(default="local", metadata={"help": "FineTuneJob name (manifest, progress, run prefix)."})
+    job_namespace: str = field(default="", metadata={"help": "FineTuneJob namespace (progress ConfigMap)."})
+    base_model_uri: str = field(default="", metadata={"help": "hf://org/name, s3://bucket/prefix/ or a local path."})
+    dataset_uri: str = field(default="", metadata={"help": "s3://bucket/key.jsonl, hf://datasets/org/name[/file] or a path."})
+    validation_uri: str = field(default="", metadata={"help": "Optional validation JSONL, same forms."})
+    validation_split: str = field(default="0.1", metadata={"help": "Hold-out fraction (decimal string) without validation_uri."})
+    data_format: str = field(default="auto", metadata={"help": "auto, messages, prompt_completion or text."})
+    system_prompt: str = field(default="", metadata={"help": "Injected into chat examples without one; recorded."})
+    output_uri: str = field(default="", metadata={"help": "s3://bucket/prefix/ or a local directory."})
+    s3_endpoint: str = field(default="", metadata={"help": "S3 endpoint URL (empty: AWS)."})
+    s3_region: str = field(default="", metadata={"help": "S3 region."})
+    s3_path_style: bool = field(default=False, metadata={"help": "Path-style S3 addressing."})
+    s3_ca_bundle: str = field(default="", metadata={"help": "Path of a CA bundle for the S3 endpoint."})
+    compute_dtype: str = field(default="auto", metadata={"help": "bf16, fp16, fp32 or auto (from the GPU)."})
+    checkpoint_interval_steps: int = field(default=100, metadata={"help": "Checkpoint every N optimizer steps (0: off)."})
+    checkpoint_interval_minutes: float = field(default=30.0, metadata={"help": "Checkpoint every N minutes (0: off)."})
+    keep_checkpoints: int = field(default=2, metadata={"help": "Complete checkpoints kept in S3."})
+    progress_configmap: str = field(default="", metadata={"help": "Progress ConfigMap name (empty: log only)."})
+    progress_interval_seconds: float = field(default=5.0, metadata={"help": "Minimum seconds between progress writes."})
+    wandb_project: str = field(default="", metadata={"help": "Weights & Biases project (key from WANDB_API_KEY)."})
+    model_cache_dir: str = field(default="", metadata={"help": "Where s3:// models are cached (default under HF_HOME)."})
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.job_name}-{self.job_uid}" if self.job_uid else self.job_name
+
+    @property
+    def run_prefix(self) -> str:
+        """`<output_uri><job_name>-<job_uid>/` (contract §2)."""
+        base = self.output_uri if self.output_uri.endswith("/") else self.output_uri + "/"
+        return f"{base}{self.run_name}/"
+
+    @property
+    def validation_fraction(self) -> float:
+        return float(Decimal(self.validation_split or "0"))
+
+
+@dataclass
+class Config:
+    job: JobArguments
+    sft: SFTConfig
+    model: ModelConfig
+
+
+def make_parser() -> Any:
+    """A TrlParser over (JobArguments, SFTConfig, ModelConfig) with the QLoRA defaults applied."""
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    parser = TrlParser((JobArguments, SFTConfig, ModelConfig), prog="finetune-trainer")
+    parser.set_defaults(**QLORA_DEFAULTS)
+    return parser
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--config {path}: not valid YAML ({e})") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: must be a YAML mapping of keys to values")
+    return data
+
+
+def parse_config(argv: list[str]) -> Config:
+    """Parse `--config FILE [--key value ...]` into a validated Config; raise ConfigError on any problem."""
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ConfigError("--config needs a file path")
+        data = _read_yaml(argv[i + 1])
+        # TrlParser would export an `env:` mapping into the process environment; the contract's
+        # file is flat, so refuse it rather than let configuration change the environment.
+        if "env" in data:
+            raise ConfigError("env: not a trainer configuration key (the file is flat; see docs/contract.md)")
+    parser = make_parser()
+    try:
+        job, sft, model = parser.parse_args_and_config(args=argv)
+    except SystemExit as e:  # argparse: bad flag or value (it already printed why)
+        raise ConfigError(f"invalid command line or configuration value (argparse exit {e.code})") from e
+    except ValueError as e:
+        msg = str(e)
+        if msg.startswith("Unknown arguments from config file"):
+            keys = [s[2:] for s in msg.split("[", 1)[1].split("]", 1)[0].replace("'", "").split(", ") if s.startswith("--")]
+            msg = f"unknown configuration keys: {', '.join(keys)} (see docs/contract.md §1 for the accepted keys)"
+        raise ConfigError(msg) from e
+    validate(job, sft, model)
+    return Config(job=job, sft=sft, model=model)
+
+
+def validate(job: JobArguments, sft: Any, model: Any) -> None:
+    """Cross-field checks that name the key and what to do."""
+    if not job.base_model_uri and model.model_name_or_path:
+        job.base_model_uri = model.model_name_or_path
+    if not job.base_model_uri:
+        raise ConfigError("base_model_uri: required (hf://org/name, s3://bucket/prefix/ or a local path)")
+    if not job.dataset_uri:
+        raise ConfigError("dataset_uri: required (s3://bucket/key.jsonl, hf://datasets/org/name or a local path)")
+    if job.data_format not in FORMATS:
+        raise ConfigError(f"data_format: must be one of {', '.join(FORMATS)}")
+    if job.compute_dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"compute_dtype: must be one of {', '.join(COMPUTE_DTYPES)}")
+    try:
+        frac = Decimal(job.validation_split or "0")
+    except InvalidOperation as e:
+        raise ConfigError("validation_split: must be a decimal string such as \"0.1\"") from e
+    if not Decimal(0) <= frac < Decimal(1):
+        raise ConfigError("validation_split: must be at least 0 and below 1")
+    if job.output_uri.startswith("s3://") and not job.job_uid:
+        raise ConfigError("job_uid: required when output_uri is in S3 (the run prefix includes it)")
+    if job.keep_checkpoints < 1:
+        raise ConfigError("keep_checkpoints: must be at least 1")
+    if job.checkpoint_interval_steps < 0 or job.checkpoint_interval_minutes < 0:
+        raise ConfigError("checkpoint_interval_steps / checkpoint_interval_minutes: must not be negative")
+    if model.load_in_4bit and not model.use_peft:
+        raise ConfigError("use_peft: a 4-bit base model can only be trained with LoRA; set use_peft: true")
+    if sft.max_length is not None and sft.max_length < 8:
+        raise ConfigError("max_length: must be at least 8 tokens")
+    for uri_field in ("base_model_uri", "dataset_uri", "validation_uri", "output_uri"):
+        value = getattr(job, uri_field)
+        if value.startswith(("http://", "https://", "gs://")):
+            raise ConfigError(f"{uri_field}: '{value}' uses an unsupported scheme; use s3://, hf:// or a local path")
+
+
+def default_cache_dir() -> str:
+    hf_home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "/tmp"), "huggingface")
+    return os.path.join(hf_home, "finetune-models")

@@ -1,0 +1,520 @@
+"""Dataset loading, format conversion and the data checks behind inspection and `validate-data`.
+
+Pure Python: no torch, no transformers. Token statistics take any callable that maps one
+example to a token count, so the checks run without a tokenizer (structure only) or with the
+real one (inspection).
+
+Messages never quote dataset text: they name the line, the field path and what is wrong,
+because the summary of this report ends up in the pod's termination message and the job's
+status, which more people can read than the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+FORMATS = ("auto", "messages", "prompt_completion", "text")
+ROLES = ("system", "user", "assistant")
+MIN_EXAMPLES = 10
+RECOMMENDED_EXAMPLES = 50
+MAX_LISTED_ERRORS = 20
+MAX_LISTED_WARNINGS = 20
+
+# ShareGPT's speaker names mapped to chat roles (see trainer_image/README.md).
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+}
+
+Example = dict[str, Any]
+TokenCounter = Callable[[Example], int]
+
+
+@dataclass
+class LineError:
+    """One problem with one line of the input file (1-based line numbers)."""
+
+    line: int
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"line": self.line, "message": self.message}
+
+
+@dataclass
+class DataReport:
+    """Everything the checks found; `usable` is the verdict."""
+
+    format: str = "unknown"
+    source_format: str = "unknown"
+    conversion: str | None = None
+    examples: int = 0
+    train: int = 0
+    validation: int = 0
+    validation_source: str = "split"
+    errors: list[LineError] = field(default_factory=list)
+    errors_total: int = 0
+    fatal: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    contradictions: int = 0
+    system_prompts: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] | None = None
+    truncated_fraction: str | None = None
+    max_seq_length: int | None = None
+    sha256: str | None = None
+    blank_lines: int = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.errors_total == 0 and not self.fatal
+
+    def add_error(self, line: int, message: str) -> None:
+        self.errors_total += 1
+        if len(self.errors) < MAX_LISTED_ERRORS:
+            self.errors.append(LineError(line, message))
+
+    def to_json(self) -> dict[str, Any]:
+        """The full report (S3 and `validate-data` output)."""
+        return {
+            "verdict": "usable" if self.usable else "unusable",
+            "format": self.format,
+            "sourceFormat": self.source_format,
+            "conversion": self.conversion,
+            "examples": self.examples,
+            "train": self.train,
+            "validation": self.validation,
+            "validationSource": self.validation_source,
+            "fatal": self.fatal,
+            "errors": [e.to_json() for e in self.errors],
+            "errorsTotal": self.errors_total,
+            "errorsListed": len(self.errors),
+            "warnings": self.warnings[:MAX_LISTED_WARNINGS],
+            "duplicates": self.duplicates,
+            "contradictions": self.contradictions,
+            "systemPrompts": self.system_prompts,
+            "tokens": self.tokens,
+            "truncatedFraction": self.truncated_fraction,
+            "maxSeqLength": self.max_seq_length,
+            "sha256": self.sha256,
+            "blankLines": self.blank_lines,
+        }
+
+    def summary(self, max_errors: int = 5) -> dict[str, Any]:
+        """The short form for the termination message (contract §3: `data`)."""
+        out: dict[str, Any] = {
+            "examples": self.examples,
+            "train": self.train,
+            "validation": self.validation,
+            "format": self.format,
+            "tokens": self.tokens,
+            "truncatedFraction": self.truncated_fraction,
+            "warnings": [w[:200] for w in self.warnings[:5]],
+        }
+        if not self.usable:
+            out["fatal"] = [f[:200] for f in self.fatal[:3]]
+            out["errors"] = [e.to_json() for e in self.errors[:max_errors]]
+            out["errorsTotal"] = self.errors_total
+        return out
+
+
+@dataclass
+class LoadedData:
+    """Converted examples ready for training, with the report that judged them."""
+
+    report: DataReport
+    train: list[Example]
+    validation: list[Example]
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def detect_format(obj: dict[str, Any]) -> str:
+    """Name the shape of one record: messages, prompt_completion, text, sharegpt, alpaca or unknown."""
+    if "messages" in obj:
+        return "messages"
+    if "conversations" in obj:
+        return "sharegpt"
+    if "prompt" in obj and "completion" in obj:
+        return "prompt_completion"
+    if "instruction" in obj and "output" in obj:
+        return "alpaca"
+    if "text" in obj:
+        return "text"
+    return "unknown"
+
+
+HOW_TO = {
+    "messages": '{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]} ending with an assistant turn',
+    "prompt_completion": '{"prompt": "...", "completion": "..."}',
+    "text": '{"text": "..."}',
+}
+
+
+def _unknown_shape_message(obj: dict[str, Any]) -> str:
+    keys = ", ".join(sorted(str(k)[:40] for k in obj)[:8]) or "none"
+    return (
+        f"no known format (keys: {keys}); write one JSON object per line as "
+        f"{HOW_TO['messages']}, or {HOW_TO['prompt_completion']}, or {HOW_TO['text']}; "
+        "ShareGPT (conversations with from/value) and Alpaca (instruction/input/output) are converted automatically"
+    )
+
+
+def _check_str(value: Any, path: str, errors: list[str]) -> str | None:
+    if not isinstance(value, str):
+        errors.append(f"{path} must be a string, got {_type_name(value)}")
+        return None
+    if not value.strip():
+        errors.append(f"{path} is empty")
+        return None
+    return value
+
+
+def _validate_messages(messages: Any, field_name: str = "messages") -> tuple[list[dict[str, str]] | None, list[str]]:
+    errors: list[str] = []
+    if not isinstance(messages, list):
+        return None, [f"{field_name} must be an array, got {_type_name(messages)}"]
+    if not messages:
+        return None, [f"{field_name} is empty"]
+    out: list[dict[str, str]] = []
+    for i, m in enumerate(messages):
+        path = f"{field_name}[{i}]"
+        if not isinstance(m, dict):
+            errors.append(f"{path} must be an object, got {_type_name(m)}")
+            continue
+        role = m.get("role")
+        if not isinstance(role, str):
+            errors.append(f"{path}.role must be a string, got {_type_name(role)}")
+        elif role not in ROLES:
+            errors.append(f"{path}.role is not one of {', '.join(ROLES)}")
+        content = _check_str(m.get("content"), f"{path}.content", errors)
+        if isinstance(role, str) and role in ROLES and content is not None:
+            out.append({"role": role, "content": content})
+    if errors:
+        return None, errors
+    for i, m in enumerate(out):
+        if m["role"] == "system" and i != 0:
+            errors.append(f"{field_name}[{i}] has role system; a system message is only allowed first")
+    if not any(m["role"] == "user" for m in out):
+        errors.append(f"{field_name} has no user message")
+    if out[-1]["role"] != "assistant":
+        errors.append(f"{field_name} must end with an assistant message (the last has role {out[-1]['role']})")
+    return (None if errors else out), errors
+
+
+def _convert_sharegpt(obj: dict[str, Any]) -> tuple[list[dict[str, str]] | None, list[str]]:
+    conv = obj.get("conversations")
+    if not isinstance(conv, list):
+        return None, [f"conversations must be an array, got {_type_name(conv)}"]
+    errors: list[str] = []
+    messages: list[dict[str, Any]] = []
+    for i, turn in enumerate(conv):
+        path = f"conversations[{i}]"
+        if not isinstance(turn, dict):
+            errors.append(f"{path} must be an object, got {_type_name(turn)}")
+            continue
+        speaker = turn.get("from")
+        if not isinstance(speaker, str):
+            errors.append(f"{path}.from must be a string, got {_type_name(speaker)}")
+            continue
+        role = SHAREGPT_ROLES.get(speaker.lower())
+        if role is None:
+            errors.append(f"{path}.from is not one of {', '.join(sorted(SHAREGPT_ROLES))}")
+            continue
+        messages.append({"role": role, "content": turn.get("value")})
+    if errors:
+        return None, errors
+    msgs, errs = _validate_messages(messages, "conversations")
+    # Point the user at the original field names.
+    return msgs, [e.replace(".content", ".value").replace(".role", ".from") for e in errs]
+
+
+def _alpaca_prompt(obj: dict[str, Any], errors: list[str]) -> tuple[str | None, str | None]:
+    instruction = _check_str(obj.get("instruction"), "instruction", errors)
+    extra = obj.get("input", "")
+    if extra is None:
+        extra = ""
+    if not isinstance(extra, str):
+        errors.append(f"input must be a string, got {_type_name(extra)}")
+    output = _check_str(obj.get("output"), "output", errors)
+    if errors or instruction is None:
+        return None, None
+    prompt = instruction if not extra.strip() else f"{instruction}\n\n{extra}"
+    return prompt, output
+
+
+def convert_record(obj: Any, wanted: str) -> tuple[str, Example | None, list[str]]:
+    """Validate one parsed JSON line and convert it to the training format.
+
+    Returns (source format, converted example or None, error messages).
+    """
+    if not isinstance(obj, dict):
+        return "unknown", None, [f"expected a JSON object, got {_type_name(obj)}"]
+    source = detect_format(obj)
+    errors: list[str] = []
+    if source == "unknown":
+        return source, None, [_unknown_shape_message(obj)]
+    target = wanted
+    if wanted == "auto":
+        target = {"sharegpt": "messages", "alpaca": "messages"}.get(source, source)
+
+    if source == "messages" and target == "messages":
+        msgs, errors = _validate_messages(obj.get("messages"))
+        return source, ({"messages": msgs} if msgs else None), errors
+    if source == "sharegpt" and target == "messages":
+        msgs, errors = _convert_sharegpt(obj)
+        return source, ({"messages": msgs} if msgs else None), errors
+    if source == "alpaca" and target in ("messages", "prompt_completion"):
+        prompt, output = _alpaca_prompt(obj, errors)
+        if prompt is None or output is None:
+            return source, None, errors
+        if target == "messages":
+            return source, {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]}, []
+        return source, {"prompt": prompt, "completion": output}, []
+    if source == "prompt_completion" and target == "prompt_completion":
+        prompt = _check_str(obj.get("prompt"), "prompt", errors)
+        completion = _check_str(obj.get("completion"), "completion", errors)
+        return source, ({"prompt": prompt, "completion": completion} if not errors else None), errors
+    if source == "text" and target == "text":
+        text = _check_str(obj.get("text"), "text", errors)
+        return source, ({"text": text} if not errors else None), errors
+
+    how = {
+        "sharegpt": "ShareGPT records convert to messages: set data_format to auto or messages",
+        "alpaca": "Alpaca records convert to messages or prompt_completion: set data_format to auto, messages or prompt_completion",
+    }.get(source, f"write {HOW_TO.get(target, target)} or set data_format to auto")
+    return source, None, [f"record is {source} but data_format is {target}; {how}"]
+
+
+def _prompt_and_answer(ex: Example) -> tuple[str, str] | None:
+    if "messages" in ex:
+        msgs = ex["messages"]
+        return json.dumps(msgs[:-1], sort_keys=True), msgs[-1]["content"]
+    if "prompt" in ex:
+        return ex["prompt"], ex["completion"]
+    return None
+
+
+def _system_prompt(ex: Example) -> str | None:
+    msgs = ex.get("messages")
+    if msgs and msgs[0]["role"] == "system":
+        content: str = msgs[0]["content"]
+        return content
+    return None
+
+
+def inject_system_prompt(ex: Example, system_prompt: str) -> Example:
+    """Add the spec's system prompt to a chat example that has none."""
+    if system_prompt and "messages" in ex and _system_prompt(ex) is None:
+        return {"messages": [{"role": "system", "content": system_prompt}, *ex["messages"]]}
+    return ex
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return 0
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic hold-out split: (train indices, validation indices), both ascending."""
+    if fraction <= 0 or n < 2:
+        return list(range(n)), []
+    n_val = min(n - 1, max(1, round(n * fraction)))
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return sorted(order[n_val:]), sorted(order[:n_val])
+
+
+def parse_lines(lines: Iterable[str], wanted: str, report: DataReport) -> list[tuple[int, Example]]:
+    """Parse and convert JSONL lines, recording per-line errors in `report`."""
+    if wanted not in FORMATS:
+        report.fatal.append(f"data_format must be one of {', '.join(FORMATS)}")
+        return []
+    examples: list[tuple[int, Example]] = []
+    first_source: tuple[str, int] | None = None
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            report.blank_lines += 1
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            report.add_error(lineno, f"invalid JSON ({e.msg} at column {e.colno})")
+            continue
+        source, ex, errors = convert_record(obj, wanted)
+        if source != "unknown":
+            if first_source is None:
+                first_source = (source, lineno)
+            elif source != first_source[0]:
+                report.add_error(
+                    lineno,
+                    f"record is {source} but line {first_source[1]} is {first_source[0]}; use one format per file",
+                )
+                continue
+        for msg in errors:
+            report.add_error(lineno, msg)
+        if ex is not None and not errors:
+            examples.append((lineno, ex))
+    if first_source is not None:
+        report.source_format = first_source[0]
+    return examples
+
+
+def check_examples(
+    examples: list[Example],
+    report: DataReport,
+    *,
+    system_prompt: str = "",
+    count_tokens: TokenCounter | None = None,
+    max_seq_length: int | None = None,
+) -> None:
+    """Cross-example checks: counts, duplicates, contradictions, system prompts, token lengths."""
+    report.examples = len(examples)
+    if report.examples < MIN_EXAMPLES:
+        report.fatal.append(f"only {report.examples} valid examples; at least {MIN_EXAMPLES} are required")
+    elif report.examples < RECOMMENDED_EXAMPLES:
+        report.warnings.append(f"only {report.examples} examples; {RECOMMENDED_EXAMPLES} or more are recommended")
+
+    seen: Counter[str] = Counter(json.dumps(ex, sort_keys=True) for ex in examples)
+    report.duplicates = sum(c - 1 for c in seen.values())
+    if report.duplicates:
+        report.warnings.append(f"{report.duplicates} duplicate examples")
+    answers: dict[str, set[str]] = defaultdict(set)
+    for ex in examples:
+        pa = _prompt_and_answer(ex)
+        if pa is not None:
+            answers[pa[0]].add(pa[1])
+    report.contradictions = sum(1 for a in answers.values() if len(a) > 1)
+    if report.contradictions:
+        report.warnings.append(
+            f"{report.contradictions} prompts appear with different answers (contradictions)"
+        )
+
+    if report.format == "messages":
+        systems = [_system_prompt(ex) for ex in examples]
+        present = [s for s in systems if s is not None]
+        distinct = len(set(present))
+        differs = sum(1 for s in present if system_prompt and s != system_prompt)
+        report.system_prompts = {
+            "withSystem": len(present),
+            "withoutSystem": len(systems) - len(present),
+            "distinct": distinct,
+            "differentFromSpec": differs,
+        }
+        if distinct > 1:
+            report.warnings.append(f"{distinct} different system prompts across examples; use one, as at inference")
+        if present and len(present) < len(systems):
+            fill = "the spec's systemPrompt is injected into those" if system_prompt else "they train without one"
+            report.warnings.append(f"{len(systems) - len(present)} examples have no system prompt; {fill}")
+        if differs:
+            report.warnings.append(f"{differs} examples have a system prompt different from the spec's systemPrompt")
+    elif system_prompt:
+        report.warnings.append(
+            f"systemPrompt is set but data_format {report.format} has no system turn; it is recorded, not injected"
+        )
+
+    if count_tokens is not None and examples:
+        lengths = sorted(count_tokens(inject_system_prompt(ex, system_prompt)) for ex in examples)
+        report.tokens = {
+            "p50": percentile(lengths, 50),
+            "p95": percentile(lengths, 95),
+            "max": lengths[-1],
+            "total": sum(lengths),
+        }
+        if max_seq_length:
+            report.max_seq_length = max_seq_length
+            over = sum(1 for n in lengths if n > max_seq_length)
+            report.truncated_fraction = str(Decimal(over) / Decimal(len(lengths)))[:6] if over else "0"
+            if over:
+                report.warnings.append(
+                    f"{over} of {len(lengths)} examples are longer than max_length {max_seq_length} and will be truncated"
+                )
+
+
+def load_jsonl(
+    path: str,
+    *,
+    data_format: str = "auto",
+    system_prompt: str = "",
+    validation_path: str | None = None,
+    validation_split: float = 0.1,
+    seed: int = 42,
+    count_tokens: TokenCounter | None = None,
+    max_seq_length: int | None = None,
+) -> LoadedData:
+    """Read, check, convert and split a JSONL dataset; the report says whether it is usable."""
+    report = DataReport()
+    report.sha256 = sha256_file(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            parsed = parse_lines(f, data_format, report)
+    except UnicodeDecodeError as e:
+        report.fatal.append(f"the file is not UTF-8 (byte offset {e.start}); save it as UTF-8 JSON Lines")
+        return LoadedData(report, [], [])
+    report.format = _target_format(report.source_format, data_format)
+    if report.source_format in ("sharegpt", "alpaca"):
+        report.conversion = f"{report.source_format} -> {report.format} (see trainer_image/README.md)"
+    examples = [ex for _, ex in parsed]
+    check_examples(
+        examples, report, system_prompt=system_prompt, count_tokens=count_tokens, max_seq_length=max_seq_length
+    )
+    examples = [inject_system_prompt(ex, system_prompt) for ex in examples]
+
+    validation: list[Example]
+    if validation_path:
+        vreport = DataReport()
+        with open(validation_path, encoding="utf-8") as f:
+            vparsed = parse_lines(f, data_format, vreport)
+        for e in vreport.errors:
+            report.add_error(e.line, f"validation file: {e.message}")
+        report.errors_total += vreport.errors_total - len(vreport.errors)
+        report.fatal.extend(f"validation file: {m}" for m in vreport.fatal)
+        validation = [inject_system_prompt(ex, system_prompt) for _, ex in vparsed]
+        if not validation and not vreport.errors_total:
+            report.fatal.append("validation file: no examples")
+        train = examples
+        report.validation_source = "file"
+    else:
+        tr, va = split_indices(len(examples), validation_split, seed)
+        train = [examples[i] for i in tr]
+        validation = [examples[i] for i in va]
+        report.validation_source = "split" if validation else "none"
+    report.train, report.validation = len(train), len(validation)
+    return LoadedData(report, train, validation)
+
+
+def _target_format(source: str, wanted: str) -> str:
+    if wanted != "auto":
+        return wanted
+    return {"sharegpt": "messages", "alpaca": "messages"}.get(source, source)
