@@ -154,7 +154,7 @@ def up(
     for stale in ("supervisor.ready",):
         (state_dir / stale).unlink(missing_ok=True)
     shutil.rmtree(state_dir / "logs", ignore_errors=True)
-    bin_dir = locate_binaries()
+    bin_dir, cached = locate_binaries()
     timings["binaries"] = time.monotonic() - t0
     try:
         cp = ControlPlane(state_dir, bin_dir)
@@ -188,7 +188,7 @@ def up(
             timings["s3_ready"] = time.monotonic() - t0
         timings["total"] = time.monotonic() - t0
         info.timings = timings
-        (state_dir / "timings.json").write_text(json.dumps(timings, indent=2))
+        (state_dir / "timings.json").write_text(json.dumps({**timings, "binaries_cached": cached}, indent=2))
         _write_env(info)
         return info
     except BaseException as e:

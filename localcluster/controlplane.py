@@ -32,13 +32,14 @@ class ControlPlaneError(RuntimeError):
     """The control plane could not be built or started; the message says why."""
 
 
-def locate_binaries() -> Path:
-    """Directory with the four binaries: ``$FTO_CONTROL_PLANE_BIN`` or the build script's cache.
+def locate_binaries() -> tuple[Path, bool]:
+    """Directory with the four binaries and whether they were already cached.
 
-    The build script is a no-op once the binaries are cached; on a cold machine it compiles
-    Kubernetes from Go modules, which takes a while.
+    ``$FTO_CONTROL_PLANE_BIN`` wins; otherwise the build script, which is a silent no-op once
+    the binaries are cached and on a cold machine compiles Kubernetes from Go modules.
     """
     override = os.environ.get("FTO_CONTROL_PLANE_BIN")
+    cached = True
     if override:
         bin_dir = Path(override)
     else:
@@ -50,10 +51,12 @@ def locate_binaries() -> Path:
                 f"{BUILD_SCRIPT} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
             )
         bin_dir = Path(proc.stdout.strip().splitlines()[-1])
+        # The script prints nothing on stderr when every binary is already in the cache.
+        cached = not proc.stderr.strip()
     missing = [c for c in COMPONENTS if not os.access(bin_dir / c, os.X_OK)]
     if missing:
         raise ControlPlaneError(f"missing control-plane binaries in {bin_dir}: {', '.join(missing)}")
-    return bin_dir
+    return bin_dir, cached
 
 
 def free_port() -> int:

@@ -187,6 +187,9 @@ class PodWorker(threading.Thread):
                 self._fake()
             else:
                 self._real()
+        if self.phase in ("Succeeded", "Failed") and not self.deleting.is_set():
+            # Nothing left to run; the runner confirms a later deletion without a thread.
+            return
         while not self.deleting.wait(1.0):
             if self.gone.is_set():
                 return
@@ -460,14 +463,8 @@ class PodWorker(threading.Thread):
     def _confirm_deletion(self) -> None:
         if any("running" in c.state for c in self.init_containers + self.containers):
             self._finish_deleted()
-        try:
-            self.runner.core.delete_namespaced_pod(
-                self.pod_name, self.ns,
-                body={"gracePeriodSeconds": 0, "preconditions": {"uid": self.uid}},
-            )
-        except ApiException as e:
-            if e.status not in (404, 409):
-                log.warning("%s: final delete failed: %s", self.name, e.reason)
+        if not self.gone.is_set():
+            self.runner.confirm_deletion(self.ns, self.pod_name, self.uid)
 
     def kill_now(self) -> None:
         """Runner shutdown: kill every process of this pod at once."""
@@ -517,6 +514,8 @@ class PodRunner:
         self.files = PodFiles(api, ca_crt)
         self.memory = MemoryLimiter(f"localcluster-{os.getpid()}")
         self.workers: dict[str, PodWorker] = {}
+        self.finished: set[str] = set()
+        self.confirmed: set[str] = set()
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.pidfile = state_dir / "pods" / "container-pids"
@@ -529,14 +528,38 @@ class PodRunner:
             f.write(f"{pid} {start_time(pid) or ''}\n")
 
     def forget(self, uid: str) -> None:
+        """The worker of ``uid`` ended: never start another one for this pod."""
         with self.lock:
             self.workers.pop(uid, None)
+            self.finished.add(uid)
+
+    def confirm_deletion(self, ns: str, name: str, uid: str) -> None:
+        """Delete with grace 0, as a kubelet does once the containers are gone."""
+        with self.lock:
+            if uid in self.confirmed:
+                return
+            self.confirmed.add(uid)
+        try:
+            self.core.delete_namespaced_pod(
+                name, ns, body={"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+            )
+        except ApiException as e:
+            if e.status not in (404, 409):
+                log.warning("pod %s/%s: final delete failed: %s", ns, name, e.reason)
 
     def _dispatch(self, pod: Obj) -> None:
         node = self.nodes.get((pod.get("spec") or {}).get("nodeName") or "")
         if node is None:
             return
-        uid = pod["metadata"]["uid"]
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        with self.lock:
+            done = uid in self.finished
+        if done:
+            # Events can lag behind a worker that already ended: never run a pod twice.
+            if meta.get("deletionTimestamp"):
+                self.confirm_deletion(meta["namespace"], meta["name"], uid)
+            return
         with self.lock:
             w = self.workers.get(uid)
             if w is None:

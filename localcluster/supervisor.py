@@ -45,7 +45,6 @@ def supervise(state_dir: Path) -> None:
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         done.set()
-        runner.stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
