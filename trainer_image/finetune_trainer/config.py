@@ -89,12 +89,36 @@ class Config:
     model: ModelConfig
 
 
-def make_parser() -> Any:
+def resolve_compute_dtype(name: str) -> str:
+    """bf16 on compute capability >= 8.0, fp16 below, fp32 on the CPU (for `auto`)."""
+    import torch
+
+    if name != "auto":
+        return name
+    if not torch.cuda.is_available():
+        return "fp32"
+    major, _ = torch.cuda.get_device_capability()
+    return "bf16" if major >= 8 else "fp16"
+
+
+def device_defaults(compute_dtype: str) -> dict[str, Any]:
+    """Mixed precision and device flags that follow from compute_dtype and the hardware.
+
+    TrainingArguments checks them in __post_init__ (bf16 without a GPU is an error), so they are
+    parser defaults rather than values patched in after parsing.
+    """
+    import torch
+
+    resolved = resolve_compute_dtype(compute_dtype) if compute_dtype in COMPUTE_DTYPES else "fp32"
+    return {"bf16": resolved == "bf16", "fp16": resolved == "fp16", "use_cpu": not torch.cuda.is_available()}
+
+
+def make_parser(compute_dtype: str = "auto") -> Any:
     """A TrlParser over (JobArguments, SFTConfig, ModelConfig) with the QLoRA defaults applied."""
     from trl import ModelConfig, SFTConfig, TrlParser
 
     parser = TrlParser((JobArguments, SFTConfig, ModelConfig), prog="finetune-trainer")
-    parser.set_defaults(**QLORA_DEFAULTS)
+    parser.set_defaults(**QLORA_DEFAULTS, **device_defaults(compute_dtype))
     return parser
 
 
@@ -117,6 +141,9 @@ def _read_yaml(path: str) -> dict[str, Any]:
 
 def parse_config(argv: list[str]) -> Config:
     """Parse `--config FILE [--key value ...]` into a validated Config; raise ConfigError on any problem."""
+    compute_dtype = "auto"
+    if "--compute_dtype" in argv[:-1]:
+        compute_dtype = argv[argv.index("--compute_dtype") + 1]
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
@@ -126,7 +153,9 @@ def parse_config(argv: list[str]) -> Config:
         # file is flat, so refuse it rather than let configuration change the environment.
         if "env" in data:
             raise ConfigError("env: not a trainer configuration key (the file is flat; see docs/contract.md)")
-    parser = make_parser()
+        if "--compute_dtype" not in argv:
+            compute_dtype = str(data.get("compute_dtype", "auto"))
+    parser = make_parser(compute_dtype)
     try:
         job, sft, model = parser.parse_args_and_config(args=argv)
     except SystemExit as e:  # argparse: bad flag or value (it already printed why)

@@ -1,0 +1,347 @@
+"""`finetune-trainer --config train.yaml`: QLoRA with SFTTrainer, checkpoints in S3, a verified adapter."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+from .checkpoints import InterruptFlag, latest_checkpoint, make_checkpoint_callback
+from .config import Config, parse_config, resolve_compute_dtype
+from .data import DataReport
+from .errors import ConfigError, DataError, ExitCode, Interrupted, classify, write_termination
+from .job import prepare, s3_client_for, work_dir_for
+from .manifest import jsonable, library_versions, peak_gpu_memory
+from .progress import ProgressReporter, decimal_str
+from .runstore import open_run_store
+
+log = logging.getLogger("finetune_trainer.train")
+
+MANIFEST = "adapter/manifest.json"
+BASELINE = "reports/baseline.json"
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def _dist_info() -> tuple[int, int, int]:
+    """(rank, local rank, world size) from torchrun's environment."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def make_progress_callback(progress: ProgressReporter, is_main: bool) -> Any:
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.start = time.monotonic()
+            self.start_step = 0
+            self.start_tokens: float | None = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.start = time.monotonic()
+            self.start_step = state.global_step
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if not is_main or not logs:
+                return
+            elapsed = max(time.monotonic() - self.start, 1e-6)
+            done = state.global_step - self.start_step
+            tokens = logs.get("num_tokens")
+            tps = None
+            if tokens is not None:
+                if self.start_tokens is None:
+                    self.start_tokens = 0.0 if self.start_step == 0 else float(tokens)
+                tps = (float(tokens) - self.start_tokens) / elapsed
+            eta = int((state.max_steps - state.global_step) * elapsed / done) if done > 0 else None
+            progress.update(
+                phase="training" if "loss" in logs else None,
+                step=state.global_step,
+                totalSteps=state.max_steps,
+                epoch=decimal_str(state.epoch, 3),
+                trainLoss=decimal_str(logs.get("loss")),
+                evalLoss=decimal_str(logs.get("eval_loss")),
+                tokensPerSecond=decimal_str(tps, 1),
+                etaSeconds=eta,
+            )
+
+    return ProgressCallback()
+
+
+def run_training(cfg: Config, argv: list[str]) -> int:
+    """Train, checkpoint, upload; returns the exit code (errors raise TrainerError subclasses)."""
+    job = cfg.job
+    rank, local_rank, world = _dist_info()
+    is_main = rank == 0
+    flag = InterruptFlag()
+    flag.install()
+    started = time.time()
+
+    store = open_run_store(job.run_prefix, s3_client_for(cfg))
+    if store.exists(MANIFEST):
+        # A rerun (e.g. a retried pod) must never touch a completed adapter.
+        log.info("adapter already complete at %s; nothing to do", store.uri(MANIFEST))
+        if is_main:
+            write_termination(ExitCode.SUCCEEDED, "adapter already complete", adapterUri=store.uri("adapter/"))
+        return 0
+
+    progress = ProgressReporter(
+        job.progress_configmap if is_main else "",
+        job.job_namespace,
+        interval_seconds=job.progress_interval_seconds,
+    )
+    prep = prepare(cfg, meta_only=False)
+    report: DataReport = prep.data.report
+    if not report.usable:
+        raise DataError("data unusable: " + "; ".join(report.fatal[:2] or [f"{report.errors_total} lines have errors"]), data=report.summary())
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTTrainer, get_peft_config, get_quantization_config
+
+    dtype_name = resolve_compute_dtype(job.compute_dtype)
+    use_cuda = torch.cuda.is_available()
+    # TrainingArguments derives device and mixed precision in __post_init__, so these go through the
+    # parser (command-line values override the file) rather than being set on the parsed object.
+    overrides = {
+        "output_dir": os.path.join(prep.work_dir, "trainer"),
+        "save_strategy": "no",  # checkpoints are triggered by CheckpointSync (steps or minutes)
+        "save_total_limit": 1,
+        "run_name": job.run_name,
+    }
+    if job.wandb_project:
+        overrides["report_to"] = _enable_wandb(cfg)
+    cfg = parse_config([*argv, *[a for k, v in overrides.items() for a in (f"--{k}", str(v))]])
+    sft = cfg.sft
+    if is_main and os.path.isdir(sft.output_dir):
+        shutil.rmtree(sft.output_dir)  # only the run store's complete checkpoints count
+
+    fmt = report.format
+    if fmt == "messages" and prep.template.marked:
+        sft.assistant_only_loss, masking = True, "assistant_only"
+    elif fmt == "prompt_completion" and sft.completion_only_loss is not False:
+        sft.completion_only_loss, masking = True, "completion_only"
+    else:
+        sft.assistant_only_loss, masking = False, "none"
+
+    quant = get_quantization_config(cfg.model)
+    compute_dtype = _torch_dtype(dtype_name)
+    if quant is not None:
+        quant.bnb_4bit_compute_dtype = compute_dtype
+    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(
+        prep.model.path,
+        quantization_config=quant,
+        dtype=compute_dtype,
+        device_map={"": device},
+        attn_implementation=cfg.model.attn_implementation,
+    )
+    peft_config = get_peft_config(cfg.model)
+
+    resume = latest_checkpoint(prep.store)
+    resume_dir = None
+    if resume is not None:
+        resume_dir = os.path.join(sft.output_dir, f"checkpoint-{resume.step}")
+        if local_rank == 0:
+            prep.store.download_dir(resume.rel, resume_dir)
+        _barrier(world)
+        log.info("resuming from checkpoint %d at %s", resume.step, prep.store.uri(resume.rel))
+
+    callbacks = [
+        make_checkpoint_callback(
+            store=prep.store,
+            interval_steps=job.checkpoint_interval_steps,
+            interval_minutes=job.checkpoint_interval_minutes,
+            keep=job.keep_checkpoints,
+            flag=flag,
+            progress=progress,
+            is_main=is_main,
+            world_size=world,
+        ),
+        make_progress_callback(progress, is_main),
+    ]
+    train_ds = Dataset.from_list(prep.data.train)
+    eval_ds = Dataset.from_list(prep.data.validation) if prep.data.validation else None
+    trainer = SFTTrainer(
+        model=model,
+        args=sft,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=prep.tokenizer,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
+    shape = {"per_device_train_batch_size": sft.per_device_train_batch_size, "max_length": sft.max_length}
+
+    baseline = None
+    if eval_ds is not None:
+        if resume is not None and prep.store.exists(BASELINE):
+            baseline = json.loads(prep.store.read_bytes(BASELINE))["evalLoss"]
+        else:
+            progress.update(phase="baseline")
+            baseline = _evaluate(trainer, shape)
+            if is_main:
+                prep.store.put_bytes(BASELINE, json.dumps({"evalLoss": baseline}).encode())
+        progress.update(phase="training", baselineEvalLoss=decimal_str(baseline), force=True)
+
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_dir)
+    except BaseException as e:
+        raise classify(e, shape) from e
+    finally:
+        flag.in_training_loop = False
+    if flag.requested:
+        last = callbacks[0].last_uploaded
+        where = f"checkpoint {last.step} saved to {prep.store.uri(last.rel)}" if last else "no checkpoint saved"
+        raise Interrupted(f"SIGTERM: {where}", lastCheckpointStep=last.step if last else None)
+
+    final = _evaluate(trainer, shape) if eval_ds is not None else None
+    train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    warnings = list(report.warnings)
+    if baseline is not None and final is not None and final > baseline and len(train_losses) > 1 and train_losses[-1] < train_losses[0]:
+        warnings.append(
+            f"eval loss rose from {baseline:.4f} to {final:.4f} while train loss fell: overfitting; "
+            "use fewer epochs, a lower learning rate or more data"
+        )
+        log.warning(warnings[-1])
+    if not is_main:
+        return 0
+
+    progress.update(phase="uploading", force=True)
+    adapter_dir = os.path.join(prep.work_dir, "adapter")
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    trainer.save_model(adapter_dir)
+    prep.tokenizer.save_pretrained(adapter_dir)
+    # A pickle of TrainingArguments: not needed to use the adapter, and not safe to load.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(adapter_dir, "training_args.bin"))
+    files = prep.store.upload_dir("adapter", adapter_dir)
+
+    lora = trainer.model.peft_config["default"]
+    num_tokens = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)
+    manifest = {
+        "jobUid": job.job_uid,
+        "jobName": job.job_name,
+        "jobNamespace": job.job_namespace,
+        "baseModel": {"uri": prep.model.uri, "revision": prep.model.revision, "contentHash": prep.model.content_hash},
+        "dataset": {
+            "uri": job.dataset_uri,
+            "sha256": report.sha256,
+            "validationUri": job.validation_uri or None,
+            "format": report.format,
+            "sourceFormat": report.source_format,
+            "examples": report.examples,
+            "train": report.train,
+            "validation": report.validation,
+        },
+        "systemPrompt": job.system_prompt or None,
+        "lossMasking": masking,
+        "chatTemplate": {"family": prep.template.family, "marked": prep.template.marked},
+        "hyperparameters": jsonable(
+            {
+                "computeDtype": dtype_name,
+                "quantization": quant.to_dict() if quant is not None else None,
+                "lora": {
+                    "r": lora.r,
+                    "lora_alpha": lora.lora_alpha,
+                    "lora_dropout": lora.lora_dropout,
+                    "target_modules": sorted(lora.target_modules) if lora.target_modules else None,
+                    "use_dora": lora.use_dora,
+                    "use_rslora": lora.use_rslora,
+                },
+                "training": {k: getattr(sft, k) for k in _HYPERPARAMETERS if hasattr(sft, k)},
+                "worldSize": world,
+            }
+        ),
+        "results": {
+            "baselineEvalLoss": baseline,
+            "finalEvalLoss": final,
+            "trainLoss": result.training_loss,
+            "lastTrainLoss": train_losses[-1] if train_losses else None,
+            "globalStep": trainer.state.global_step,
+            "resumedFromStep": resume.step if resume else None,
+            "tokens": int(num_tokens) if num_tokens is not None else None,
+            "runtimeSeconds": round(time.time() - started, 3),
+            "trainRuntimeSeconds": result.metrics.get("train_runtime"),
+            "warnings": warnings,
+        },
+        "peakGpuMemory": peak_gpu_memory(),
+        "libraries": library_versions(),
+        "files": files,
+    }
+    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    if not prep.store.put_bytes(MANIFEST, body, if_none_match=True):
+        log.warning("a manifest appeared at %s meanwhile; leaving it as it is", prep.store.uri(MANIFEST))
+    progress.update(phase="done", step=trainer.state.global_step, force=True)
+    write_termination(
+        ExitCode.SUCCEEDED,
+        "adapter complete",
+        adapterUri=prep.store.uri("adapter/"),
+        baselineEvalLoss=baseline,
+        finalEvalLoss=final,
+        warnings=warnings[:5],
+    )
+    _end(trainer)
+    return 0
+
+
+_HYPERPARAMETERS = (
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "max_length",
+    "packing",
+    "gradient_checkpointing",
+    "optim",
+    "weight_decay",
+    "max_grad_norm",
+    "seed",
+    "bf16",
+    "fp16",
+)
+
+
+def _evaluate(trainer: Any, shape: dict[str, Any]) -> float:
+    try:
+        return float(trainer.evaluate()["eval_loss"])
+    except BaseException as e:
+        raise classify(e, shape) from e
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+def _enable_wandb(cfg: Config) -> str:
+    try:
+        import wandb  # noqa: F401
+    except ImportError as e:
+        raise ConfigError("wandb_project: set, but wandb is not installed in this image") from e
+    os.environ.setdefault("WANDB_PROJECT", cfg.job.wandb_project)
+    # One W&B run per job UID, continued across resumes.
+    if cfg.job.job_uid:
+        os.environ.setdefault("WANDB_RUN_ID", cfg.job.job_uid)
+        os.environ.setdefault("WANDB_RESUME", "allow")
+    os.environ.setdefault("WANDB_DIR", work_dir_for(cfg))
+    return "wandb"
+
+
+def _end(trainer: Any) -> None:
+    end = getattr(trainer, "end", None)
+    if callable(end):
+        end()
