@@ -59,3 +59,14 @@ def test_merge_patch_nulls_removed_keys_and_keeps_unchanged_out() -> None:
     old = {"state": "Running", "progress": {"step": 1, "eta": 5}, "failure": {"reason": "x"}}
     new = {"state": "Running", "progress": {"step": 2}}
     assert controller._merge_patch(old, new) == {"progress": {"step": 2, "eta": None}, "failure": None}
+
+
+def test_liveness_probe_fails_when_no_watch_event_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_operator import handlers, observability
+
+    handlers.Runtime.config = config.OperatorConfig(lease_duration_seconds=5)
+    observability.HEARTBEAT.beat()
+    assert handlers.watch_age() < 1
+    monkeypatch.setattr(observability.HEARTBEAT, "age", lambda: 21.0)
+    with pytest.raises(Exception, match="stale"):
+        handlers.watch_age()
