@@ -42,8 +42,10 @@ cluster-down: venv
 demo: venv control-plane
 	$(BIN)/python -m localcluster.demo $(DEMO_ARGS)
 
+# The CRD is generated from the pydantic models; the chart carries a copy (Helm reads only its own files).
 crds: venv
 	$(BIN)/python -m finetune_operator.crdgen > crds/finetunejobs.finetune.dev.yaml
+	cp crds/finetunejobs.finetune.dev.yaml charts/finetune-operator/files/finetunejobs.finetune.dev.yaml
 
 lint: venv
 	$(BIN)/hadolint trainer_image/Dockerfile operator/Dockerfile
