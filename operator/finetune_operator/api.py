@@ -521,10 +521,10 @@ class ResolvedStatus(_ApiModel):
 class EstimateBreakdown(_ApiModel):
     """Bytes per GPU at the training peak, by term."""
 
-    quantized_weights: int = 0
-    """Frozen linear weights in their storage format (NF4/int8/bf16) with quantization constants."""
-    unquantized_weights: int = 0
-    """Embeddings, LM head and norms, kept in the compute dtype."""
+    linear_weights: int = 0
+    """Frozen decoder Linear weights in their storage format (NF4/int8, or the compute dtype for lora) with quantization constants."""
+    embedding_weights: int = 0
+    """Embeddings, LM head, norms (and a vision tower), kept in the compute dtype."""
     adapter: int = 0
     """LoRA parameters, gradients and AdamW states (fp32)."""
     activations: int = 0

@@ -93,6 +93,7 @@ def _int_or_string(node: dict[str, Any], branches: list[dict[str, Any]], path: s
         if branch["type"] == "string" and "enum" in branch:
             # enum would also reject the integers; a pattern is checked for strings only
             node["pattern"] = "^(" + "|".join(branch["enum"]) + ")$"
+            node["maxLength"] = max(len(v) for v in branch["enum"])
     return node
 
 

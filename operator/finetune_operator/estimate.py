@@ -3,11 +3,11 @@
 What must fit is the allocator's reserved peak plus the CUDA context and library workspaces.
 Each term is computed separately (bytes per GPU; with several GPUs each holds a full replica):
 
-quantizedWeights
-    Decoder Linear weights. NF4/FP4: 4 bits plus the block-wise constants, 0.5 bit/param with a
+linearWeights
+    Frozen decoder Linear weights. NF4/FP4: 4 bits plus the block-wise constants, 0.5 bit/param with a
     block size of 64, ≈0.127 bit with double quantization (QLoRA, arXiv 2305.14314). int8: 1 byte
     plus one fp32 scale per output row. Unquantized (lora): the compute dtype.
-unquantizedWeights
+embeddingWeights
     Embeddings, the LM head (unless tied), norms and any vision tower: bitsandbytes leaves them in
     the compute dtype. ``upcast_unquantized`` models PEFT's ``prepare_model_for_kbit_training``,
     which casts them to fp32 (the QLoRA reference code calls it; TRL 1.16's SFTTrainer does not).
@@ -67,7 +67,7 @@ AttentionImpl = Literal["sdpa", "eager", "flash_attention_2"]
 _DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 BREAKDOWN_KEYS = (
-    "quantizedWeights", "unquantizedWeights", "adapter", "activations", "logits", "overhead", "safetyMargin",
+    "linearWeights", "embeddingWeights", "adapter", "activations", "logits", "overhead", "safetyMargin",
 )
 
 
@@ -189,8 +189,8 @@ def estimate(arch: Architecture, shape: TrainingShape, *, safety_margin: Decimal
     overhead = CONTEXT_BYTES + dequant + slack
 
     terms = {
-        "quantizedWeights": int(quantized),
-        "unquantizedWeights": int(unquantized),
+        "linearWeights": int(quantized),
+        "embeddingWeights": int(unquantized),
         "adapter": int(adapter),
         "activations": int(activations),
         "logits": int(logits),
