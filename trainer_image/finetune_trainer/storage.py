@@ -53,9 +53,13 @@ def make_client(settings: S3Settings) -> Any:
     import boto3
     from botocore.config import Config
 
+    # AWS_MAX_ATTEMPTS in the environment wins (botocore reads it when the config leaves it unset).
+    retries: dict[str, Any] = {"mode": "standard"}
+    if "AWS_MAX_ATTEMPTS" not in os.environ:
+        retries["max_attempts"] = 5
     config = Config(
         s3={"addressing_style": "path" if settings.path_style else "auto"},
-        retries={"max_attempts": 5, "mode": "standard"},
+        retries=retries,
         # boto3 >= 1.36 sends CRC checksums by default; several S3-compatible servers reject them.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",

@@ -192,6 +192,7 @@ def run_training(cfg: Config, argv: list[str]) -> int:
                 prep.store.put_bytes(BASELINE, json.dumps({"evalLoss": baseline}).encode())
         progress.update(phase="training", baselineEvalLoss=decimal_str(baseline), force=True)
 
+    before = _weight_fingerprints(trainer.model)
     try:
         result = trainer.train(resume_from_checkpoint=resume_dir)
     except BaseException as e:
@@ -203,6 +204,7 @@ def run_training(cfg: Config, argv: list[str]) -> int:
         where = f"checkpoint {last.step} saved to {prep.store.uri(last.rel)}" if last else "no checkpoint saved"
         raise Interrupted(f"SIGTERM: {where}", lastCheckpointStep=last.step if last else None)
 
+    checks = _weight_checks(trainer.model, before)
     final = _evaluate(trainer, shape) if eval_ds is not None else None
     train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     warnings = list(report.warnings)
@@ -273,6 +275,7 @@ def run_training(cfg: Config, argv: list[str]) -> int:
             "trainRuntimeSeconds": result.metrics.get("train_runtime"),
             "warnings": warnings,
         },
+        "checks": checks,
         "peakGpuMemory": peak_gpu_memory(),
         "libraries": library_versions(),
         "files": files,
@@ -311,6 +314,41 @@ _HYPERPARAMETERS = (
     "bf16",
     "fp16",
 )
+
+
+def _weight_fingerprints(model: Any, sample: int = 8) -> dict[str, dict[str, float]]:
+    """Sums of a sample of frozen base weights and of every LoRA weight, to prove what training changed."""
+    import torch
+
+    base: dict[str, float] = {}
+    lora: dict[str, float] = {}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                lora[name] = float(p.detach().float().sum().item() + p.detach().float().abs().sum().item())
+            elif not p.requires_grad and len(base) < sample and p.ndim >= 1:
+                base[name] = float(p.detach().float().sum().item())
+    return {"base": base, "lora": lora}
+
+
+def _weight_checks(model: Any, before: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """What the manifest reports about the trained model: 4-bit layers, frozen base, changed LoRA."""
+    after = _weight_fingerprints(model)
+    linear4bit = 0
+    try:
+        import bitsandbytes as bnb
+
+        linear4bit = sum(1 for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    except ImportError:
+        pass
+    changed = [n for n, v in after["lora"].items() if before["lora"].get(n) != v]
+    return {
+        "linear4bitModules": linear4bit,
+        "baseWeightsSampled": len(after["base"]),
+        "baseWeightsUnchanged": after["base"] == before["base"],
+        "loraTensors": len(after["lora"]),
+        "loraTensorsChanged": len(changed),
+    }
 
 
 def _evaluate(trainer: Any, shape: dict[str, Any]) -> float:
