@@ -91,9 +91,11 @@ def trainer_config(
         "gradient_accumulation_steps": int(resolved.get("gradientAccumulation") or _accumulation(spec)),
         "learning_rate": float(spec.training.learning_rate),
         "lr_scheduler_type": spec.training.scheduler,
-        "warmup_ratio": float(spec.training.warmup_ratio),
+        # transformers 5: a float in [0, 1) in warmup_steps is the ratio of total steps.
+        "warmup_steps": float(spec.training.warmup_ratio),
         "weight_decay": float(spec.training.weight_decay),
-        "gradient_checkpointing": spec.training.gradient_checkpointing,
+        # transformers 5 renamed gradient_checkpointing (deprecated) to activation_checkpointing.
+        "activation_checkpointing": spec.training.gradient_checkpointing,
         "seed": spec.training.seed,
         "num_train_epochs": float(spec.training.epochs or 1),
         "max_steps": spec.training.max_steps or -1,
