@@ -30,7 +30,7 @@ QLORA_DEFAULTS: dict[str, Any] = {
     "lora_r": 16,
     "lora_alpha": 32,
     "lora_dropout": 0.05,
-    "gradient_checkpointing": True,
+    "activation_checkpointing": True,
     "report_to": "none",
     "logging_steps": 1,
     "save_strategy": "steps",

@@ -306,7 +306,7 @@ _HYPERPARAMETERS = (
     "gradient_accumulation_steps",
     "max_length",
     "packing",
-    "gradient_checkpointing",
+    "activation_checkpointing",
     "optim",
     "weight_decay",
     "max_grad_norm",
