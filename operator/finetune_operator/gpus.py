@@ -207,7 +207,6 @@ def node_from_object(node: Mapping[str, Any]) -> tuple[GpuNode | None, str | Non
         strategy = labels.get(GFD_SHARING, "none")
         if replicas > 1 or product.endswith("-SHARED") or strategy not in ("none", ""):
             sharing = f"shared by {strategy if strategy not in ('none', '') else 'time-slicing'} ({replicas} replicas per GPU)"
-            count = (count or allocatable or replicas) // replicas if count is None else count
         selector: Selector = ((GFD_PRODUCT, product),)
     elif GKE_ACCELERATOR in labels:
         accel = labels[GKE_ACCELERATOR]

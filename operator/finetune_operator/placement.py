@@ -8,7 +8,7 @@ re-running the estimate with concrete changes, never from canned text.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
@@ -274,7 +274,7 @@ def plan(
     if requested_dtype == "auto" and any(f.compute_dtype == "bf16" for f in eligible):
         for i, f in enumerate(fits):
             if f.fits and f.compute_dtype == "fp16":
-                fits[i] = ProductFit(**{**f.__dict__, "fits": False, "why_not": ["bf16-capable GPUs also fit; this job uses bf16"]})
+                fits[i] = replace(f, fits=False, why_not=["bf16-capable GPUs also fit; this job uses bf16"])
         eligible = [f for f in fits if f.fits]
 
     if eligible:
@@ -289,7 +289,7 @@ def plan(
             accumulation = batch // micro
         est = estimate(arch, _base_shape(spec, targets, dtype, micro))
         if micro != (micro_fixed or 1):
-            fits = [ProductFit(**{**f.__dict__, "estimate_bytes": est.total_bytes}) if f.fits else f for f in fits]
+            fits = [replace(f, estimate_bytes=est.total_bytes) if f.fits else f for f in fits]
         names = [f.product for f in eligible]
         chosen = {p.product: p for p in ctx.products}
         return PlacementDecision(
