@@ -111,18 +111,29 @@ class ControlPlane:
                 client_key=self.pki.path(f"{stem}.key"),
             )
 
-    def start(self, ep: Endpoints, timeout: float = 90.0) -> None:
-        """Start all components with fresh etcd data and wait until each reports healthy."""
-        p = self.pki
-        data = self.state_dir / "etcd-data"
+    def start(self, ep: Endpoints, timeout: float = 90.0, components: tuple[str, ...] = COMPONENTS) -> None:
+        """Start the components with fresh etcd data and wait until each reports healthy."""
         # Fresh data on every up: no pods or nodes left over from an earlier session.
-        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(self.state_dir / "etcd-data", ignore_errors=True)
         self._kubeconfigs(ep)
         (self.state_dir / "cluster.json").write_text(json.dumps(asdict(ep), indent=2))
+        deadline = time.monotonic() + timeout
+        # The controller-manager and scheduler read RBAC-protected config at start-up, so
+        # they start only once the API server is ready (its bootstrap roles exist).
+        first = tuple(c for c in components if c in ("etcd", "kube-apiserver"))
+        rest = tuple(c for c in components if c not in first)
+        for group in (first, rest):
+            for name in group:
+                self.procs.start(name, self.argv(name, ep))
+            self.wait_ready(ep, max(1.0, deadline - time.monotonic()), group)
+
+    def argv(self, component: str, ep: Endpoints) -> list[str]:
+        """Command line of one component."""
+        p = self.pki
         b = self.bin_dir
-        self.procs.start(
-            "etcd",
-            [
+        data = self.state_dir / "etcd-data"
+        return {
+            "etcd": [
                 str(b / "etcd"),
                 "--name=localcluster",
                 f"--data-dir={data}",
@@ -139,10 +150,7 @@ class ControlPlane:
                 "--unsafe-no-fsync=true",
                 "--log-level=warn",
             ],
-        )
-        self.procs.start(
-            "kube-apiserver",
-            [
+            "kube-apiserver": [
                 str(b / "kube-apiserver"),
                 f"--etcd-servers=https://127.0.0.1:{ep.etcd_client}",
                 f"--etcd-cafile={p.ca_crt}",
@@ -175,10 +183,7 @@ class ControlPlane:
                 "--profiling=false",
                 "--v=1",
             ],
-        )
-        self.procs.start(
-            "kube-controller-manager",
-            [
+            "kube-controller-manager": [
                 str(b / "kube-controller-manager"),
                 f"--kubeconfig={self.state_dir / 'controller-manager.kubeconfig'}",
                 f"--authentication-kubeconfig={self.state_dir / 'controller-manager.kubeconfig'}",
@@ -199,10 +204,7 @@ class ControlPlane:
                 "--profiling=false",
                 "--v=1",
             ],
-        )
-        self.procs.start(
-            "kube-scheduler",
-            [
+            "kube-scheduler": [
                 str(b / "kube-scheduler"),
                 f"--kubeconfig={self.state_dir / 'scheduler.kubeconfig'}",
                 f"--authentication-kubeconfig={self.state_dir / 'scheduler.kubeconfig'}",
@@ -213,8 +215,7 @@ class ControlPlane:
                 "--profiling=false",
                 "--v=1",
             ],
-        )
-        self.wait_ready(ep, timeout)
+        }[component]
 
     def _ssl_context(self, client: bool) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_crt))
@@ -235,7 +236,7 @@ class ControlPlane:
         except OSError as e:
             return False, str(e)
 
-    def wait_ready(self, ep: Endpoints, timeout: float) -> None:
+    def wait_ready(self, ep: Endpoints, timeout: float, components: tuple[str, ...] = COMPONENTS) -> None:
         """Wait for the API server's /readyz and the other components' /healthz."""
         checks = [
             ("kube-apiserver", f"{ep.server}/readyz", self._ssl_context(True)),
@@ -244,6 +245,8 @@ class ControlPlane:
         ]
         deadline = time.monotonic() + timeout
         for name, url, ctx in checks:
+            if name not in components:
+                continue
             while True:
                 ok, detail = self._healthy(url, ctx)
                 if ok:
