@@ -1,0 +1,171 @@
+"""Small trainer pieces: progress channel, error classification, termination message, templates, run store."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from finetune_trainer.chat_templates import choose_template, has_generation_markers
+from finetune_trainer.checkpoints import complete_checkpoints, prune
+from finetune_trainer.errors import (
+    ExitCode,
+    Interrupted,
+    classify,
+    fit_message,
+)
+from finetune_trainer.progress import ProgressReporter, decimal_str
+from finetune_trainer.runstore import LocalRunStore
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+
+    def do_PATCH(self) -> None:  # noqa: N802 - http.server naming
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.requests.append(
+            {
+                "path": self.path,
+                "auth": self.headers["Authorization"],
+                "type": self.headers["Content-Type"],
+                "body": json.loads(body),
+            }
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def api_server():
+    _Recorder.requests = []
+    server = HTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Recorder.requests
+    server.shutdown()
+
+
+def test_progress_patches_the_configmap_with_the_token_and_throttles(api_server, tmp_path: Path):
+    url, requests = api_server
+    token = tmp_path / "token"
+    token.write_text("sa-token\n")
+    reporter = ProgressReporter("job-progress", "ns1", interval_seconds=60, api_url=url, token_path=str(token))
+    assert reporter.update(phase="training", step=1, trainLoss=decimal_str(1.23456))
+    assert not reporter.update(phase="training", step=2)  # throttled
+    assert reporter.update(phase="checkpointing", step=3)  # a phase change is always written
+    assert len(requests) == 2
+    first = requests[0]
+    assert first["path"] == "/api/v1/namespaces/ns1/configmaps/job-progress"
+    assert first["auth"] == "Bearer sa-token" and first["type"] == "application/merge-patch+json"
+    doc = json.loads(first["body"]["data"]["progress.json"])
+    assert doc["phase"] == "training" and doc["step"] == 1 and doc["trainLoss"] == "1.2346"
+    assert doc["updatedAt"].endswith("Z")
+
+
+def test_progress_outside_a_cluster_only_logs(monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    reporter = ProgressReporter("job-progress", "ns1")
+    assert not reporter.enabled
+    assert not reporter.update(phase="training", step=1)
+
+
+def test_progress_failure_never_raises():
+    reporter = ProgressReporter("cm", "ns", api_url="http://127.0.0.1:9", token_path="/nonexistent")
+    assert not reporter.update(phase="training")
+    assert reporter.failures == 1
+
+
+def _client_error(code: str, status: int) -> ClientError:
+    return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (_client_error("SlowDown", 503), ExitCode.STORAGE_RETRYABLE),
+        (_client_error("InternalError", 500), ExitCode.STORAGE_RETRYABLE),
+        (EndpointConnectionError(endpoint_url="http://x"), ExitCode.STORAGE_RETRYABLE),
+        (_client_error("AccessDenied", 403), ExitCode.CONFIG_ERROR),
+        (_client_error("NoSuchBucket", 404), ExitCode.CONFIG_ERROR),
+        (KeyboardInterrupt(), ExitCode.INTERRUPTED),
+        (Interrupted("x"), ExitCode.INTERRUPTED),
+        (ValueError("boom"), ExitCode.OTHER),
+    ],
+)
+def test_classification(exc, code):
+    assert classify(exc).code == code
+
+
+def test_oom_classification_names_the_shape():
+    import torch
+
+    err = classify(torch.OutOfMemoryError("CUDA out of memory"), {"per_device_train_batch_size": 8, "max_length": 4096})
+    assert err.code == ExitCode.CUDA_OUT_OF_MEMORY
+    assert "per_device_train_batch_size=8, max_length=4096" in err.message
+
+
+def test_termination_message_fits_4k():
+    payload = {
+        "class": "DataError",
+        "message": "m" * 10000,
+        "architecture": {"model_type": "llama", "module_names": ["x" * 50] * 200},
+        "data": {"errors": [{"line": i, "message": "e" * 100} for i in range(100)]},
+    }
+    text = fit_message(payload)
+    assert len(text.encode()) <= 4096
+    out = json.loads(text)
+    assert out["class"] == "DataError" and out["message"]
+
+
+def test_marked_templates_for_supported_families():
+    chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}{% endfor %}"
+    llama3 = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>{% endfor %}"
+    for stock, family in ((chatml, "chatml"), (llama3, "llama3")):
+        choice = choose_template(stock)
+        assert choice.family == family and choice.marked and has_generation_markers(choice.template)
+    assert choose_template("{% for m in messages %}{{ m['content'] }}{% endfor %}").marked is False
+    assert choose_template(None, {"<|im_start|>"}).family == "chatml"
+
+
+def test_llama3_template_masks_only_assistant_turns():
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>")
+    fast.chat_template = choose_template("<|start_header_id|>").template
+    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    text = fast.apply_chat_template(msgs, tokenize=False)
+    assert text == (
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nq<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\na<|eot_id|>"
+    )
+
+
+def test_prune_keeps_newest_complete_and_newer_partial(tmp_path: Path):
+    store = LocalRunStore(str(tmp_path))
+    for step in (2, 4, 6, 8):
+        store.put_bytes(f"checkpoints/checkpoint-{step}/adapter_model.safetensors", b"w")
+        if step != 8:
+            store.put_bytes(f"checkpoints/checkpoint-{step}/_COMPLETE", b"{}")
+    store.put_bytes("checkpoints/checkpoint-3/optimizer.pt", b"partial")
+    assert [c.step for c in complete_checkpoints(store)] == [2, 4, 6]
+    assert prune(store, keep=2) == [2, 3]
+    assert store.list_dirs("checkpoints") == ["checkpoint-4", "checkpoint-6", "checkpoint-8"]
+
+
+def test_local_store_conditional_put(tmp_path: Path):
+    store = LocalRunStore(str(tmp_path))
+    assert store.put_bytes("adapter/manifest.json", b"1", if_none_match=True)
+    assert not store.put_bytes("adapter/manifest.json", b"2", if_none_match=True)
+    assert store.read_bytes("adapter/manifest.json") == b"1"
