@@ -77,6 +77,8 @@ def _reconcile(namespace: str, name: str, config: OperatorConfig) -> None:
     body = k8s.get_ftj(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         return  # deleting: garbage collection removes the children; S3 is never touched
+    if (body.get("status") or {}).get("state") in reconcile.TERMINAL:
+        return  # finished jobs cost one GET per resync, not a full observation
     obs = observe(body, config)
     plan = reconcile.plan(obs, config)
     uid = body["metadata"]["uid"]
