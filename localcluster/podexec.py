@@ -1,4 +1,4 @@
-"""Container start helper: join the cgroup, enter a private mount namespace, mount, exec.
+"""Container start helper: join the cgroup, enter private mount and UTS namespaces, mount, exec.
 
 Run by the pod runner as ``python -I podexec.py SPEC.json`` (standard library only, so it
 starts fast and needs no package import). The process keeps its pid through ``execve``, so
@@ -16,6 +16,7 @@ import os
 import sys
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
 MS_RDONLY = 1
 MS_REMOUNT = 32
 MS_BIND = 4096
@@ -70,7 +71,12 @@ def main(spec_path: str) -> None:
         for procs in spec.get("cgroupProcs") or []:
             with open(procs, "w") as f:
                 f.write(str(os.getpid()))
-        _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        # A UTS namespace too, so `hostname` answers the pod's name as in a container.
+        _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare(CLONE_NEWNS|CLONE_NEWUTS)")
+        hostname = spec.get("hostname")
+        if hostname:
+            raw = hostname.encode()
+            _check(_libc.sethostname(raw, len(raw)), "sethostname")
         # Without this, our bind mounts would propagate back to the host's mount table.
         _mount(None, "/", MS_REC | MS_PRIVATE)
         for m in sorted(spec.get("mounts") or [], key=lambda m: m["target"].count("/")):

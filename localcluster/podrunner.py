@@ -351,6 +351,7 @@ class PodWorker(threading.Thread):
             "argv": argv,
             "env": env,
             "workingDir": c.get("workingDir"),
+            "hostname": (self.pod["spec"].get("hostname") or self.pod_name)[:63],
             "mounts": mnts,
             "cgroupProcs": [run.cgroup.procs_file] if run.cgroup else [],
             "startErrorFile": str(start_error),
