@@ -27,11 +27,12 @@ from kubernetes.client.rest import ApiException
 from localcluster.controlplane import ControlPlane, ControlPlaneError, Endpoints, locate_binaries
 from localcluster.fleet import DEFAULT_FLEET, load_fleet
 from localcluster.images import DEFAULT_IMAGES, ImageTable
-from localcluster.procs import ProcessTable, terminate
+from localcluster.procs import ProcessTable, adopt, terminate
 
 DEFAULT_BUCKETS = ("finetune",)
 S3_ACCESS_KEY = "localcluster"
 S3_SECRET_KEY = "localcluster-secret"
+_DETACHED: list[object] = []
 STOP_ORDER = ("supervisor", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd", "s3")
 
 
@@ -182,6 +183,8 @@ def up(
             assert s3.process is not None
             # Hand the server over to the pid table: it outlives this process, `down` stops it.
             procs.record("s3", s3.process.pid)
+            adopt(s3.process)
+            _DETACHED.append(s3)  # its log file stays open for the server's lifetime
             info.s3_endpoint, info.s3_access_key, info.s3_secret_key = s3.endpoint, S3_ACCESS_KEY, S3_SECRET_KEY
             (state_dir / "s3.json").write_text(json.dumps(
                 {"endpoint": s3.endpoint, "accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY, "buckets": list(buckets)}))

@@ -50,10 +50,26 @@ def is_running(pid: int, started: str | None = None) -> bool:
 def _reap(pid: int) -> None:
     # Processes started by this very Python process (the pytest fixture) stay zombies until
     # waited for; reaping them is harmless when they are someone else's children.
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _CHILDREN[pid]
+        return
     try:
         os.waitpid(pid, os.WNOHANG)
     except ChildProcessError:
         pass
+
+
+# Popen objects of the children started by this process: kept so they are reaped when
+# stopped (no zombies in a long pytest session) and never garbage-collected while running
+# (which would warn with a ResourceWarning).
+_CHILDREN: dict[int, "subprocess.Popen[bytes]"] = {}
+
+
+def adopt(proc: "subprocess.Popen[bytes]") -> None:
+    """Keep ``proc`` so a later :func:`terminate` reaps it."""
+    _CHILDREN[proc.pid] = proc
 
 
 class ProcessTable:
@@ -85,6 +101,7 @@ class ProcessTable:
                 start_new_session=True,
                 close_fds=True,
             )
+        adopt(proc)
         started = start_time(proc.pid) or ""
         (self.dir / f"{name}.pid").write_text(f"{proc.pid} {started}\n")
         return proc.pid

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -365,8 +366,43 @@ def test_restart_policy_on_failure_restarts_and_counts(k8s_api: client.ApiClient
     assert container_status(done)["lastState"]["terminated"]["exitCode"] == 1
 
 
+def test_service_account_kubeconfig_has_only_the_rbac_files_rights(
+    service_account_kubeconfig: Any, namespace: str, tmp_path: Path
+) -> None:
+    rbac = tmp_path / "rbac.yaml"
+    rbac.write_text(yaml.safe_dump_all([
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+         "metadata": {"name": "localcluster-test-pod-reader"},
+         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "cm-writer"},
+         "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]},
+    ]))
+    k = Kubectl(service_account_kubeconfig(rbac, name="operator"))
+    assert k("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout == f"system:serviceaccount:{namespace}:operator"
+    assert k("get", "pods", "-A").returncode == 0
+    assert k("create", "configmap", "x", "-n", namespace).returncode == 0
+    denied = k("get", "secrets", "-n", namespace, check=False)
+    assert denied.returncode != 0 and "forbidden" in denied.stderr
+    assert k("create", "configmap", "y", "-n", "default", check=False).returncode != 0
+
+
+def test_fixture_fails_and_never_skips_when_the_control_plane_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text(
+        "from localcluster import pytest_plugin\n"
+        "def pytest_configure(config):\n    pytest_plugin.register(config)\n")
+    (tmp_path / "test_x.py").write_text("def test_x(kubeconfig):\n    pass\n")
+    env = {**os.environ, "FTO_CONTROL_PLANE_BIN": str(tmp_path / "no-binaries-here")}
+    env.pop("FTO_TEST_REUSE_CLUSTER", None)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(tmp_path)],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "1 error" in out.stdout and "skipped" not in out.stdout, out.stdout
+    assert "missing control-plane binaries" in out.stdout
+
+
 def test_cli_up_down_with_own_fleet_reuses_cached_binaries(tmp_path: Path, local_cluster: ClusterInfo) -> None:
-    """A second cluster through the CLI: no GPU nodes, one fake-mode node; down leaves nothing."""
+    """A second cluster through the CLI: no GPU nodes, one fake-mode node, memory limits by
+    RSS polling (the fallback for hosts without a writable cgroup); down leaves nothing."""
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text(yaml.safe_dump({"nodes": [
         {"name": "cpu-only-0", "cpu": "4", "memory": "8Gi"},
@@ -375,7 +411,8 @@ def test_cli_up_down_with_own_fleet_reuses_cached_binaries(tmp_path: Path, local
     ]}))
     state = tmp_path / "state"
     cli = [sys.executable, "-m", "localcluster", "--state-dir", str(state)]
-    up = subprocess.run([*cli, "up", "--fleet", str(fleet)], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "FTO_MEMORY_LIMITS": "poll"}
+    up = subprocess.run([*cli, "up", "--fleet", str(fleet)], capture_output=True, text=True, timeout=300, env=env)
     try:
         assert up.returncode == 0, up.stderr
         assert str(state / "admin.kubeconfig") in up.stdout
@@ -390,6 +427,12 @@ def test_cli_up_down_with_own_fleet_reuses_cached_binaries(tmp_path: Path, local
             nodeSelector={"kubernetes.io/hostname": "fake-0"},
             tolerations=[{"key": "fake", "operator": "Exists"}])))
         k("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/faked", "--timeout=60s")
+        k("apply", "-f", "-", input=json.dumps(make_pod(
+            "hog", ["python", "-c", "import time\nblob = b'x' * (400 << 20)\ntime.sleep(60)"], image=PYTHON,
+            container={"resources": {"limits": {"memory": "128Mi"}}})))
+        k("wait", "--for=jsonpath={.status.containerStatuses[0].state.terminated.reason}=OOMKilled",
+          "pod/hog", "--timeout=60s")
+        assert "memory limits enforced by rss-polling" in (state / "logs" / "supervisor.log").read_text()
         env = (state / "env").read_text()
         assert f"export KUBECONFIG=\"{state.resolve() / 'admin.kubeconfig'}\"" in env
     finally:
