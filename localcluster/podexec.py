@@ -5,7 +5,8 @@ starts fast and needs no package import). The process keeps its pid through ``ex
 the runner's pid is the container's main process, as with a real runtime.
 
 Exit codes before exec, mirroring runc: 127 when the command is not found, 128 when the
-container could not be set up. Either way the reason is written to ``startErrorFile``.
+container could not be set up. Either way the reason is written to ``startErrorFile``
+(which stays empty when the exec succeeds).
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ def _mount(source: str | None, target: str, flags: int) -> None:
     )
 
 
-def _ensure_target(source: str, target: str) -> None:
+def _ensure_target(source: str, target: str, is_dir: bool) -> None:
     # The namespace only isolates mounts, not the filesystem: a missing mount point is created
     # on the host (an empty file or directory), as container runtimes do inside the rootfs.
-    if os.path.isdir(source):
+    if is_dir:
         os.makedirs(target, exist_ok=True)
     elif not os.path.exists(target):
         os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -65,7 +66,8 @@ def _which(cmd: str, path: str) -> str | None:
 def main(spec_path: str) -> None:
     with open(spec_path) as f:
         spec = json.load(f)
-    error_file = spec["startErrorFile"]
+    # Opened before any mount can hide its directory; non-inheritable, so closed by execve.
+    error = os.fdopen(os.open(spec["startErrorFile"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), "w")
     try:
         # Join the memory cgroup first so everything the container allocates is counted.
         for procs in spec.get("cgroupProcs") or []:
@@ -79,11 +81,17 @@ def main(spec_path: str) -> None:
             _check(_libc.sethostname(raw, len(raw)), "sethostname")
         # Without this, our bind mounts would propagate back to the host's mount table.
         _mount(None, "/", MS_REC | MS_PRIVATE)
-        for m in sorted(spec.get("mounts") or [], key=lambda m: m["target"].count("/")):
-            _ensure_target(m["source"], m["target"])
-            _mount(m["source"], m["target"], MS_BIND | MS_REC)
+        ordered = sorted(spec.get("mounts") or [], key=lambda m: m["target"].count("/"))
+        # Open every source before the first mount: a volume mounted over /tmp would otherwise
+        # hide sources that live under /tmp (pytest's state directories do).
+        fds = [os.open(m["source"], os.O_PATH) for m in ordered]
+        for m, fd in zip(ordered, fds):
+            _ensure_target(m["source"], m["target"], os.path.isdir(f"/proc/self/fd/{fd}"))
+            _mount(f"/proc/self/fd/{fd}", m["target"], MS_BIND | MS_REC)
             if m.get("readOnly"):
                 _mount(None, m["target"], MS_BIND | MS_REMOUNT | MS_RDONLY)
+        for fd in fds:
+            os.close(fd)
         env = spec["env"]
         workdir = spec.get("workingDir")
         if workdir:
@@ -94,13 +102,13 @@ def main(spec_path: str) -> None:
             raise RuntimeError("no command specified")
         exe = _which(argv[0], env.get("PATH", ""))
         if exe is None:
-            with open(error_file, "w") as f:
-                f.write(f'exec: "{argv[0]}": executable file not found in $PATH')
+            error.write(f'exec: "{argv[0]}": executable file not found in $PATH')
+            error.close()
             os._exit(127)
         os.execve(exe, argv, env)
     except BaseException as e:  # noqa: BLE001 - every failure must become a start error
-        with open(error_file, "w") as f:
-            f.write(f"failed to start container: {e}")
+        error.write(f"failed to start container: {e}")
+        error.close()
         os._exit(128)
 
 

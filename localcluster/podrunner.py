@@ -416,7 +416,7 @@ class PodWorker(threading.Thread):
         start_error = self.dir / f"{st.name}.start-error"
         if run.oom:
             code, reason = 137, "OOMKilled"
-        elif start_error.exists():
+        elif start_error.exists() and start_error.stat().st_size > 0:
             reason = "StartError"
             message = start_error.read_text()[:MAX_MESSAGE]
         else:

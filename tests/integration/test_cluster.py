@@ -307,6 +307,27 @@ open("/dev/termination-log", "w").write(json.dumps(out))
     }
 
 
+def test_trainer_image_layout_with_tmp_emptydir(k8s_api: client.ApiClient, namespace: str) -> None:
+    """The trainer Job's shape: image ENV, an emptyDir over /tmp, its config under /etc/finetune."""
+    core = client.CoreV1Api(k8s_api)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "job-trainer-config"}, "data": {"train.yaml": "x: 1\n"}})
+    script = ('{ command -v finetune-trainer; echo "$HF_HOME"; ls -A /tmp | wc -l; cat /etc/finetune/train.yaml; }'
+              " > /dev/termination-log; touch /tmp/only-in-the-pod")
+    pod = make_pod(
+        "trainer-shape", ["sh", "-c", script], image="ghcr.io/finetune-operator/trainer:0.1.0",
+        volumes=[{"name": "tmp", "emptyDir": {}},
+                 {"name": "config", "configMap": {"name": "job-trainer-config"}}],
+        container={"volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                                    {"name": "config", "mountPath": "/etc/finetune", "readOnly": True}]},
+    )
+    core.create_namespaced_pod(namespace, pod)
+    done = wait_for_pod(k8s_api, namespace, "trainer-shape", finished)
+    assert phase(done) == "Succeeded", container_status(done)
+    assert terminated(done)["message"].split("\n") == [
+        str(Path(sys.executable).parent / "finetune-trainer"), "/tmp/hf", "0", "x: 1", ""]
+    assert not Path("/tmp/only-in-the-pod").exists()
+
+
 def test_missing_secret_keeps_the_container_waiting(k8s_api: client.ApiClient, namespace: str) -> None:
     core = client.CoreV1Api(k8s_api)
     pod = make_pod("needs-secret", ["sh", "-c", 'test "$TOKEN" = late'], container={
