@@ -18,12 +18,12 @@ CONTRACT_FIELDS = (
 )
 
 
-def describe_model(model_dir: str) -> dict[str, Any]:
+def describe_model(model_dir: str, trust_remote_code: bool = False) -> dict[str, Any]:
     """Architecture summary (contract §3) plus `num_parameters`, built on the meta device (no memory, no weights)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     arch: dict[str, Any] = {}
     for name in CONTRACT_FIELDS:
@@ -37,7 +37,7 @@ def describe_model(model_dir: str) -> dict[str, Any]:
         arch["num_key_value_heads"] = arch["num_attention_heads"]
     # Modules are instantiated on the meta device: shapes only, so this costs nothing even for a 70B model.
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     arch["module_names"] = sorted(
         {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     )

@@ -19,7 +19,7 @@ REPORT_KEY = "reports/inspection.json"
 def run_inspection(cfg: Config) -> int:
     """Write the full report to the run prefix and the summary to the termination log."""
     prep = prepare(cfg, meta_only=True)
-    arch = describe_model(prep.model.path)
+    arch = describe_model(prep.model.path, bool(cfg.sft.trust_remote_code))
     report = prep.data.report
     full: dict[str, Any] = {
         "jobUid": cfg.job.job_uid,

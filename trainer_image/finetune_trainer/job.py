@@ -46,11 +46,11 @@ def s3_client_for(cfg: Config) -> Any | None:
     return make_client(S3Settings(j.s3_endpoint, j.s3_region, j.s3_path_style, j.s3_ca_bundle))
 
 
-def load_tokenizer(model_dir: str) -> tuple[Any, TemplateChoice]:
+def load_tokenizer(model_dir: str, trust_remote_code: bool = False) -> tuple[Any, TemplateChoice]:
     """The base model's tokenizer with a {% generation %}-marked chat template where we have one."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     choice = choose_template(tok.chat_template if isinstance(tok.chat_template, str) else None, set(tok.get_vocab()))
     if choice.template is not None:
         tok.chat_template = choice.template
@@ -91,7 +91,7 @@ def prepare(cfg: Config, *, meta_only: bool) -> Prepared:
         revision=cfg.model.model_revision,
         meta_only=meta_only,
     )
-    tokenizer, template = load_tokenizer(model.path)
+    tokenizer, template = load_tokenizer(model.path, bool(cfg.sft.trust_remote_code))
     dataset_path = resolve_dataset(cfg.job.dataset_uri, s3=s3, work_dir=work_dir)
     validation_path = (
         resolve_dataset(cfg.job.validation_uri, s3=s3, work_dir=work_dir, field_name="validation_uri")

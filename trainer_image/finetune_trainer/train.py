@@ -97,7 +97,10 @@ def run_training(cfg: Config, argv: list[str]) -> int:
         job.job_namespace,
         interval_seconds=job.progress_interval_seconds,
     )
-    prep = prepare(cfg, meta_only=False)
+    # Ranks share the node's cache and work directories: the local main process downloads first,
+    # the others then find the completed cache.
+    with _local_main_first(world):
+        prep = prepare(cfg, meta_only=False)
     report: DataReport = prep.data.report
     if not report.usable:
         raise DataError("data unusable: " + "; ".join(report.fatal[:2] or [f"{report.errors_total} lines have errors"]), data=report.summary())
@@ -143,6 +146,7 @@ def run_training(cfg: Config, argv: list[str]) -> int:
         dtype=compute_dtype,
         device_map={"": device},
         attn_implementation=cfg.model.attn_implementation,
+        trust_remote_code=bool(sft.trust_remote_code),
     )
     peft_config = get_peft_config(cfg.model)
 
@@ -356,6 +360,14 @@ def _evaluate(trainer: Any, shape: dict[str, Any]) -> float:
         return float(trainer.evaluate()["eval_loss"])
     except BaseException as e:
         raise classify(e, shape) from e
+
+
+def _local_main_first(world: int) -> Any:
+    if world <= 1:
+        return contextlib.nullcontext()
+    from accelerate import PartialState
+
+    return PartialState().local_main_process_first()
 
 
 def _barrier(world: int) -> None:
