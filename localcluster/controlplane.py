@@ -165,6 +165,8 @@ class ControlPlane:
                 f"--client-ca-file={p.ca_crt}",
                 f"--kubelet-client-certificate={p.path('apiserver-kubelet-client.crt')}",
                 f"--kubelet-client-key={p.path('apiserver-kubelet-client.key')}",
+                # Simulated nodes' hostnames do not resolve; their InternalIP is 127.0.0.1.
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--proxy-client-cert-file={p.path('front-proxy-client.crt')}",
                 f"--proxy-client-key-file={p.path('front-proxy-client.key')}",
                 f"--requestheader-client-ca-file={p.ca_crt}",

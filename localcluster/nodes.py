@@ -36,7 +36,7 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def node_status(spec: NodeSpec, transition: str) -> dict[str, Any]:
+def node_status(spec: NodeSpec, transition: str, kubelet_port: int) -> dict[str, Any]:
     """The status a healthy kubelet would report for ``spec``."""
     beat = now_rfc3339()
 
@@ -64,7 +64,8 @@ def node_status(spec: NodeSpec, transition: str) -> dict[str, Any]:
             {"type": "InternalIP", "address": NODE_IP},
             {"type": "Hostname", "address": spec.name},
         ],
-        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        # Where the API server proxies `kubectl logs` to (localcluster.logserver).
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": kubelet_port}},
         "nodeInfo": {
             "machineID": spec.name,
             "systemUUID": spec.name,
@@ -80,7 +81,7 @@ def node_status(spec: NodeSpec, transition: str) -> dict[str, Any]:
     }
 
 
-def register(api: client.ApiClient, specs: list[NodeSpec]) -> None:
+def register(api: client.ApiClient, specs: list[NodeSpec], kubelet_port: int) -> None:
     """Create (or update) one Node per spec and post a Ready status."""
     core = client.CoreV1Api(api)
     transition = now_rfc3339()
@@ -97,13 +98,14 @@ def register(api: client.ApiClient, specs: list[NodeSpec]) -> None:
             if e.status != 409:
                 raise
             core.patch_node(spec.name, {"metadata": {"labels": spec.node_labels()}})
-        core.patch_node_status(spec.name, {"status": node_status(spec, transition)})
+        core.patch_node_status(spec.name, {"status": node_status(spec, transition, kubelet_port)})
 
 
 class Heartbeater:
     """Renews each node's Lease every 10 s and its status every 30 s, in a thread."""
 
-    def __init__(self, api: client.ApiClient, specs: list[NodeSpec]) -> None:
+    def __init__(self, api: client.ApiClient, specs: list[NodeSpec], kubelet_port: int) -> None:
+        self.kubelet_port = kubelet_port
         self.core = client.CoreV1Api(api)
         self.coord = client.CoordinationV1Api(api)
         self.specs = specs
@@ -148,14 +150,14 @@ class Heartbeater:
                 uid = None
                 if with_status:
                     node = self.core.patch_node_status(
-                        spec.name, {"status": node_status(spec, self._transition)}
+                        spec.name, {"status": node_status(spec, self._transition, self.kubelet_port)}
                     )
                     uid = node.metadata.uid
                 self._lease(spec, uid)
             except ApiException as e:
                 if e.status == 404:
                     log.warning("node %s is gone; registering it again", spec.name)
-                    register(self.core.api_client, [spec])
+                    register(self.core.api_client, [spec], self.kubelet_port)
                 else:
                     log.warning("heartbeat for %s failed: %s", spec.name, e.reason)
             except Exception as e:  # noqa: BLE001 - keep beating through API hiccups

@@ -176,6 +176,7 @@ _LEAVES: list[tuple[str, str, str | None, bool, bool, bool]] = [
     ("apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters", False, True, False),
     ("front-proxy-client", "front-proxy-client", None, False, True, False),
     ("admin", "localcluster-admin", "system:masters", False, True, False),
+    ("kubelet", "localcluster-kubelet", None, True, False, False),
     ("controller-manager", "system:kube-controller-manager", None, False, True, False),
     ("scheduler", "system:kube-scheduler", None, False, True, False),
 ]

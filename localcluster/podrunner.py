@@ -534,6 +534,17 @@ class PodRunner:
             self.workers.pop(uid, None)
             self.finished.add(uid)
 
+    def container_running(self, ns: str, name: str, container: str) -> bool:
+        """True while a container of a live pod ``ns/name`` is (or may yet be) running."""
+        with self.lock:
+            workers = [w for w in self.workers.values() if w.ns == ns and w.pod_name == name]
+        return any(
+            "terminated" not in c.state
+            for w in workers
+            for c in w.init_containers + w.containers
+            if c.name == container
+        )
+
     def confirm_deletion(self, ns: str, name: str, uid: str) -> None:
         """Delete with grace 0, as a kubelet does once the containers are gone."""
         with self.lock:

@@ -1,7 +1,8 @@
 """The background process that stands in for every kubelet of the fleet.
 
 ``python -m localcluster supervise --state-dir DIR`` registers the nodes, renews their
-leases and runs the pod runner until SIGTERM, then kills every container it started.
+leases, runs the pod runner and serves container logs (for ``kubectl logs``) until SIGTERM,
+then kills every container it started.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from kubernetes import client, config
 from localcluster.controlplane import load_endpoints
 from localcluster.fleet import load_fleet
 from localcluster.images import ImageTable
+from localcluster.logserver import LogServer
 from localcluster.nodes import Heartbeater, register
+from localcluster.pki import ensure_pki
 from localcluster.podrunner import PodRunner
 
 
@@ -36,11 +39,13 @@ def supervise(state_dir: Path) -> None:
     fleet = load_fleet(state_dir / "fleet.yaml")
     images_file = state_dir / "images.yaml"
     api = api_client(state_dir / "admin.kubeconfig")
-    register(api, fleet)
-    beat = Heartbeater(api, fleet)
-    beat.start()
     runner = PodRunner(api, fleet, state_dir, ep.apiserver, state_dir / "pki" / "ca.crt",
                        ImageTable(images_file if images_file.exists() else None))
+    logs = LogServer(ensure_pki(state_dir / "pki"), state_dir / "pods", runner.container_running)
+    logs.start()
+    register(api, fleet, logs.port)
+    beat = Heartbeater(api, fleet, logs.port)
+    beat.start()
     done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -54,4 +59,5 @@ def supervise(state_dir: Path) -> None:
     done.wait()
     beat.stop()
     runner.stop()
+    logs.shutdown()
     logging.info("supervisor stopped")

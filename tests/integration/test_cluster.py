@@ -72,7 +72,7 @@ def test_kubectl_is_the_environments_own(kubectl: Kubectl) -> None:
 
 
 def test_gpu_pod_is_scheduled_on_the_t4_and_succeeds(
-    k8s_api: client.ApiClient, namespace: str, local_cluster: ClusterInfo
+    k8s_api: client.ApiClient, namespace: str, local_cluster: ClusterInfo, kubectl: Kubectl
 ) -> None:
     pod = make_pod(
         "t4",
@@ -95,6 +95,16 @@ def test_gpu_pod_is_scheduled_on_the_t4_and_succeeds(
     assert conditions["Ready"]["reason"] == "PodCompleted"
     log = local_cluster.state_dir / "pods" / f"{namespace}_t4_{created.metadata.uid}" / "main.log"
     assert log.read_text().strip() == "hello from t4 on gpu-t4-0"
+    assert kubectl("logs", "-n", namespace, "t4").stdout == "hello from t4 on gpu-t4-0\n"
+
+
+def test_kubectl_logs_follows_a_running_container(k8s_api: client.ApiClient, namespace: str, kubectl: Kubectl) -> None:
+    pod = make_pod("counter", ["sh", "-c", "for i in 1 2 3; do echo line $i; sleep 0.3; done"])
+    client.CoreV1Api(k8s_api).create_namespaced_pod(namespace, pod)
+    wait_for_pod(k8s_api, namespace, "counter", lambda p: phase(p) in ("Running", "Succeeded", "Failed"))
+    followed = kubectl("logs", "-f", "-n", namespace, "counter").stdout
+    assert followed == "line 1\nline 2\nline 3\n"
+    assert kubectl("logs", "--tail=1", "-n", namespace, "counter").stdout == "line 3\n"
 
 
 def test_failing_pod_reports_exit_code_and_termination_message(k8s_api: client.ApiClient, namespace: str) -> None:
