@@ -406,6 +406,8 @@ class PodWorker(threading.Thread):
         run = st.run
         assert run is not None and run.proc is not None
         rc = run.proc.wait()
+        # A container ends with its main process: whatever it left behind dies too.
+        _kill_session(run.proc.pid)
         if run.cgroup is not None:
             if not run.oom and run.cgroup.oom_kills() > 0:
                 run.oom = True

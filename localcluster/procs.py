@@ -147,6 +147,10 @@ def terminate(pid: int, started: str | None, grace: float) -> bool:
     """Stop one process and its session: SIGTERM, wait ``grace`` seconds, SIGKILL."""
     if not is_running(pid, started):
         _reap(pid)
+        if start_time(pid) is None:
+            # The leader is gone but its session may live on (a shell's background child).
+            # A session id cannot be reused while any member exists, so these are ours.
+            _signal_session(pid, signal.SIGKILL, leader=False)
         return True
     _signal_session(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace

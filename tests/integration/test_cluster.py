@@ -239,6 +239,25 @@ def test_pod_over_its_memory_limit_is_oomkilled(k8s_api: client.ApiClient, names
     assert (t["reason"], t["exitCode"]) == ("OOMKilled", 137)
 
 
+def test_processes_left_behind_die_with_the_container(k8s_api: client.ApiClient, namespace: str) -> None:
+    marker = f"{namespace}-leftover"
+    pod = make_pod("leaves-child", ["sh", "-c", f'python3 -c "import time; time.sleep(300)" {marker} & exit 0'])
+    client.CoreV1Api(k8s_api).create_namespaced_pod(namespace, pod)
+    assert phase(wait_for_pod(k8s_api, namespace, "leaves-child", finished)) == "Succeeded"
+
+    def survivors() -> list[str]:
+        out = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if marker.encode() in cmdline.read_bytes():
+                    out.append(cmdline.parent.name)
+            except OSError:
+                pass
+        return out
+
+    until(lambda: not survivors(), 10, "no process of the finished container left")
+
+
 def test_command_not_found_is_a_start_error(k8s_api: client.ApiClient, namespace: str) -> None:
     client.CoreV1Api(k8s_api).create_namespaced_pod(namespace, make_pod("nocmd", ["no-such-command-here"]))
     done = wait_for_pod(k8s_api, namespace, "nocmd", finished)
