@@ -231,6 +231,19 @@ def down(state_dir: Path | None = None, grace: float = 10.0) -> list[str]:
     return left
 
 
+def dead_components(state_dir: Path) -> str:
+    """'' while every recorded process runs; otherwise which died, with their log tails."""
+    procs = ProcessTable(state_dir)
+    running = procs.running()
+    dead = [r.name for r in procs.recorded() if r not in running]
+    out = []
+    for name in dead:
+        log = procs.logs / f"{name}.log"
+        tail = log.read_text(errors="replace").splitlines()[-20:] if log.exists() else []
+        out.append(f"{name} is not running; last lines of {log}:\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
 def status(state_dir: Path | None = None) -> dict[str, object]:
     """Which recorded processes run, and where the kubeconfig is."""
     state_dir = (state_dir or default_state_dir()).resolve()

@@ -39,7 +39,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from localcluster.cluster import ClusterInfo, default_state_dir, down, is_up, up
+from localcluster.cluster import ClusterInfo, dead_components, default_state_dir, down, is_up, up
 from localcluster.controlplane import ControlPlaneError, load_endpoints
 from localcluster.kubeconfig import write_kubeconfig
 from localcluster.supervisor import api_client
@@ -143,8 +143,14 @@ def _dns_label(text: str, limit: int) -> str:
 
 
 @pytest.fixture
-def namespace(k8s_api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(
+    k8s_api: client.ApiClient, local_cluster: ClusterInfo, request: pytest.FixtureRequest
+) -> Iterator[str]:
     """A fresh namespace named after the test; deleted (without waiting) afterwards."""
+    # A crashed component would otherwise show up as a puzzling timeout in every later test.
+    dead = dead_components(local_cluster.state_dir)
+    if dead:
+        pytest.fail(f"the local cluster is broken: {dead}", pytrace=False)
     core = client.CoreV1Api(k8s_api)
     name = f"{_dns_label(request.node.name, 40)}-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name, "labels": {"localcluster.finetune.dev/test": "true"}}})
