@@ -155,8 +155,26 @@ class PodFiles:
     def _write(self, root: Path, rel: str, data: bytes, mode: int | None) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        path.chmod(mode if mode is not None else 0o644)
+        # Write then rename, so a reader never sees a half-written file (a rotated token).
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.chmod(mode if mode is not None else 0o644)
+        os.replace(tmp, path)
+
+    def refresh_tokens(self, pod: Obj, pod_dir: Path) -> float:
+        """Rewrite every projected service-account token; return seconds until the next refresh.
+
+        The kubelet rotates a token at 80 % of its lifetime; so does this.
+        """
+        lifetimes = []
+        for vol in pod["spec"].get("volumes") or []:
+            for src in (vol.get("projected") or {}).get("sources") or []:
+                t = src.get("serviceAccountToken")
+                if t:
+                    root = pod_dir / "volumes" / vol["name"]
+                    self._write(root, t["path"], self._token(pod, t), vol["projected"].get("defaultMode"))
+                    lifetimes.append(int(t.get("expirationSeconds") or 3600))
+        return 0.8 * min(lifetimes) if lifetimes else float("inf")
 
     def _write_items(self, root: Path, data: dict[str, bytes], items: list[Obj] | None,
                      default_mode: int | None, what: str, optional: bool) -> None:

@@ -114,6 +114,7 @@ class PodWorker(threading.Thread):
         self.phase = "Pending"
         self.start_time = now()
         self._volumes: dict[str, Path] = {}
+        self._refresh_at = float("inf")
 
     # --- status ------------------------------------------------------------------------
 
@@ -238,6 +239,7 @@ class PodWorker(threading.Thread):
         while not self.deleting.is_set() and not self.gone.is_set():
             try:
                 self._volumes = self.runner.files.volumes(self.pod, self.dir)
+                self._refresh_at = time.monotonic() + 0.8 * self._token_lifetime()
                 return True
             except NotReadyError as e:
                 if e.message != last:
@@ -247,6 +249,24 @@ class PodWorker(threading.Thread):
                     self.post()
             self.deleting.wait(1.0)
         return False
+
+    def _token_lifetime(self) -> float:
+        lifetimes = [
+            int(src["serviceAccountToken"].get("expirationSeconds") or 3600)
+            for vol in self.pod["spec"].get("volumes") or []
+            for src in (vol.get("projected") or {}).get("sources") or []
+            if "serviceAccountToken" in src
+        ]
+        return float(min(lifetimes)) if lifetimes else float("inf")
+
+    def _maybe_refresh_tokens(self) -> None:
+        if time.monotonic() < self._refresh_at:
+            return
+        try:
+            self._refresh_at = time.monotonic() + self.runner.files.refresh_tokens(self.pod, self.dir)
+        except (NotReadyError, ApiException, OSError) as e:
+            log.warning("%s: token refresh failed (retrying in 10 s): %s", self.name, e)
+            self._refresh_at = time.monotonic() + 10.0
 
     def _real(self) -> None:
         if self._images(self.init_containers + self.containers) is None:
@@ -373,6 +393,7 @@ class PodWorker(threading.Thread):
         while True:
             if self.deleting.is_set() or self.gone.is_set():
                 return
+            self._maybe_refresh_tokens()
             exited = False
             for st in states:
                 run = st.run
