@@ -228,6 +228,36 @@ def test_eviction_sends_sigterm_and_leaves_disruption_target(
     release(core, namespace, "evicted")
 
 
+def test_sigterm_ignored_means_sigkill_after_the_grace_period(k8s_api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(k8s_api)
+    pod = make_pod("stubborn", ["python", "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                "open('/dev/termination-log', 'w').write('ignoring')\ntime.sleep(300)"],
+                   image=PYTHON, terminationGracePeriodSeconds=1,
+                   metadata={"finalizers": ["localcluster.finetune.dev/test-hold"]})
+    core.create_namespaced_pod(namespace, pod)
+    wait_for_pod(k8s_api, namespace, "stubborn", lambda p: phase(p) == "Running")
+    core.delete_namespaced_pod("stubborn", namespace)
+    done = wait_for_pod(k8s_api, namespace, "stubborn", finished, timeout=30)
+    t = terminated(done)
+    assert (t["exitCode"], t["reason"]) == (137, "Error")
+    release(core, namespace, "stubborn")
+
+
+def test_init_container_runs_first_and_shares_an_empty_dir(k8s_api: client.ApiClient, namespace: str) -> None:
+    pod = make_pod("with-init", ["sh", "-c", "cat /work/prepared > /dev/termination-log"],
+                   initContainers=[{"name": "prepare", "image": BUSYBOX,
+                                    "command": ["sh", "-c", "echo from-init > /work/prepared"],
+                                    "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+                   volumes=[{"name": "work", "emptyDir": {}}],
+                   container={"volumeMounts": [{"name": "work", "mountPath": "/work"}]})
+    client.CoreV1Api(k8s_api).create_namespaced_pod(namespace, pod)
+    done = wait_for_pod(k8s_api, namespace, "with-init", finished)
+    assert phase(done) == "Succeeded"
+    assert terminated(done)["message"] == "from-init\n"
+    init = done["status"]["initContainerStatuses"][0]["state"]["terminated"]
+    assert (init["exitCode"], init["reason"]) == (0, "Completed")
+
+
 def test_pod_over_its_memory_limit_is_oomkilled(k8s_api: client.ApiClient, namespace: str) -> None:
     script = "import time\nblob = b'x' * (400 << 20)\ntime.sleep(60)"
     pod = make_pod("hog", ["python", "-c", script], image=PYTHON,
