@@ -26,6 +26,7 @@ from localcluster.operator_runner import REPO, CLUSTER_ROLE_FILE, OperatorProces
 
 DEMO_FILE = REPO / "examples" / "demo.yaml"
 OPERATOR_NAMESPACE = "finetune-system"
+DEMO_NAMESPACE = "demo"
 
 
 def _kubectl(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -100,7 +101,7 @@ def run(info: cluster.ClusterInfo, workdir: Path, timeout: float) -> int:
     from localcluster.supervisor import api_client
 
     manifest = yaml.safe_load(DEMO_FILE.read_text())
-    namespace = manifest["metadata"].get("namespace", "default")
+    namespace = manifest["metadata"].get("namespace") or DEMO_NAMESPACE
     name = manifest["metadata"]["name"]
     admin = info.kubeconfig
     print(f"cluster: {info.server}  kubeconfig: {admin}\nS3: {info.s3_endpoint}", flush=True)
@@ -134,7 +135,7 @@ def run(info: cluster.ClusterInfo, workdir: Path, timeout: float) -> int:
         operator.wait_leader()
         print(f"operator running under ServiceAccount {OPERATOR_NAMESPACE}/finetune-operator "
               f"(log: {operator.log_path})", flush=True)
-        print(_kubectl(admin, "apply", "-f", str(DEMO_FILE)).stdout.strip(), flush=True)
+        print(_kubectl(admin, "apply", "-n", namespace, "-f", str(DEMO_FILE)).stdout.strip(), flush=True)
         status = watch(admin, namespace, name, timeout)
         print(_kubectl(admin, "get", "ftj", "-n", namespace).stdout, flush=True)
         if status.get("state") != "Succeeded":

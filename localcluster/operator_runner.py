@@ -36,10 +36,11 @@ def kubectl_binary() -> str:
 def install_crd(kubeconfig: Path, timeout: float = 60) -> None:
     """Apply the generated CRD and wait until the API server serves it."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    subprocess.run([kubectl_binary(), "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE)],
-                   env=env, check=True, capture_output=True, text=True)
-    subprocess.run([kubectl_binary(), "wait", "--for=condition=Established", "--timeout", f"{int(timeout)}s",
-                    "crd/finetunejobs.finetune.dev"], env=env, check=True, capture_output=True, text=True)
+    for args in (["apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE)],
+                 ["wait", "--for=condition=Established", "--timeout", f"{int(timeout)}s", "crd/finetunejobs.finetune.dev"]):
+        proc = subprocess.run([kubectl_binary(), *args], env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
 class OperatorProcess:

@@ -101,12 +101,15 @@ def test_immutability_rules_cover_the_whole_spec_except_suspend() -> None:
 def test_defaults_match_the_models() -> None:
     spec = _schema()["properties"]["spec"]["properties"]
     assert spec["method"]["default"] == "qlora"
-    assert spec["lora"]["default"] == {} and spec["lora"]["properties"]["targetModules"]["default"] == ["auto"]
+    # Object defaults are spelled out: the API server checks a default against the object's CEL
+    # rules without applying nested defaults, so `{}` would be rejected.
+    assert spec["lora"]["default"] == api.LoraSpec().model_dump(by_alias=True, exclude_none=True)
+    assert spec["lora"]["properties"]["targetModules"]["default"] == ["auto"]
     assert spec["lora"]["properties"]["dropout"]["default"] == api.LoraSpec().dropout
     assert spec["training"]["properties"]["gradientCheckpointing"]["default"] is True
     assert spec["training"]["properties"]["microBatchSize"]["default"] == 1
     assert spec["dataset"]["properties"]["validationSplit"]["default"] == "0.1"
-    assert spec["runPolicy"]["default"] == {} and spec["runPolicy"]["properties"]["suspend"]["default"] is False
+    assert spec["runPolicy"]["default"] == api.RunPolicySpec().model_dump(by_alias=True, exclude_none=True) and spec["runPolicy"]["properties"]["suspend"]["default"] is False
     assert "default" not in spec["training"]["properties"]["epochs"]  # one of epochs/maxSteps: no default
 
 
