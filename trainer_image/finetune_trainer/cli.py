@@ -63,6 +63,11 @@ def _run(argv: list[str]) -> int:
         return run_inspection(parse_config(argv[1:]))
     if argv and argv[0] == "train":
         argv = argv[1:]
+    from .launcher import launch, nproc_per_node
+
+    nproc = nproc_per_node()
+    if nproc > 1:
+        return launch(argv, nproc)
     cfg = parse_config(argv)
     from .train import run_training
 

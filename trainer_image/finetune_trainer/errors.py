@@ -128,8 +128,26 @@ def classify(exc: BaseException, context: dict[str, Any] | None = None) -> Train
     return TrainerError(f"unexpected error: {type(exc).__name__}: {str(exc)[:500]}")
 
 
-def termination_path() -> str:
+def termination_path() -> str | None:
+    """The termination log; per-rank files under the multi-GPU launcher; None for ranks > 0 otherwise."""
+    rank = os.environ.get("RANK")
+    rank_dir = os.environ.get("FINETUNE_RANK_TERMINATION_DIR")
+    if rank is not None and rank_dir:
+        return os.path.join(rank_dir, f"rank-{rank}.json")
+    if rank not in (None, "0"):
+        return None  # plain torchrun: rank 0 speaks for the job
     return os.environ.get("FINETUNE_TERMINATION_LOG", TERMINATION_LOG_DEFAULT)
+
+
+def write_termination_text(text: str) -> None:
+    path = termination_path()
+    if path is None:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError:
+        pass  # laptop runs have no /dev/termination-log
 
 
 def fit_message(payload: dict[str, Any], limit: int = TERMINATION_LIMIT) -> str:
@@ -157,9 +175,4 @@ def write_termination(code: ExitCode, message: str, **extra: Any) -> None:
     """Write the ≤4 KiB termination message; failures to write are ignored (laptop runs)."""
     payload: dict[str, Any] = {"class": CLASS_NAMES[code], "exitCode": int(code), "message": message}
     payload.update({k: v for k, v in extra.items() if v is not None})
-    text = fit_message(payload)
-    try:
-        with open(termination_path(), "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError:
-        pass
+    write_termination_text(fit_message(payload))

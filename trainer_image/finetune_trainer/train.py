@@ -212,12 +212,10 @@ def run_training(cfg: Config, argv: list[str]) -> int:
     final = _evaluate(trainer, shape) if eval_ds is not None else None
     train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     warnings = list(report.warnings)
-    if baseline is not None and final is not None and final > baseline and len(train_losses) > 1 and train_losses[-1] < train_losses[0]:
-        warnings.append(
-            f"eval loss rose from {baseline:.4f} to {final:.4f} while train loss fell: overfitting; "
-            "use fewer epochs, a lower learning rate or more data"
-        )
-        log.warning(warnings[-1])
+    overfit = overfitting_warning(baseline, final, train_losses)
+    if overfit:
+        warnings.append(overfit)
+        log.warning(overfit)
     if not is_main:
         return 0
 
@@ -318,6 +316,18 @@ _HYPERPARAMETERS = (
     "bf16",
     "fp16",
 )
+
+
+def overfitting_warning(baseline: float | None, final: float | None, train_losses: list[float]) -> str | None:
+    """A warning when eval loss rose over the run while train loss fell."""
+    if baseline is None or final is None or len(train_losses) < 2:
+        return None
+    if final > baseline and train_losses[-1] < train_losses[0]:
+        return (
+            f"eval loss rose from {baseline:.4f} to {final:.4f} while train loss fell: overfitting; "
+            "use fewer epochs, a lower learning rate or more data"
+        )
+    return None
 
 
 def _weight_fingerprints(model: Any, sample: int = 8) -> dict[str, dict[str, float]]:

@@ -169,3 +169,41 @@ def test_local_store_conditional_put(tmp_path: Path):
     assert store.put_bytes("adapter/manifest.json", b"1", if_none_match=True)
     assert not store.put_bytes("adapter/manifest.json", b"2", if_none_match=True)
     assert store.read_bytes("adapter/manifest.json") == b"1"
+
+
+def test_overfitting_warning():
+    from finetune_trainer.train import overfitting_warning
+
+    assert "overfitting" in (overfitting_warning(1.0, 1.2, [2.0, 1.5, 0.9]) or "")
+    assert overfitting_warning(1.0, 0.9, [2.0, 0.9]) is None  # eval improved
+    assert overfitting_warning(1.0, 1.2, [0.9, 1.1]) is None  # train did not fall either
+    assert overfitting_warning(None, 1.2, [2.0, 0.9]) is None  # no validation set
+
+
+def test_launcher_reports_the_most_telling_rank():
+    from finetune_trainer.launcher import _pick
+
+    ok = {"class": "Succeeded", "exitCode": 0}
+    other = {"class": "Other", "exitCode": 1}
+    oom = {"class": "CudaOutOfMemory", "exitCode": 12}
+    interrupted = {"class": "Interrupted", "exitCode": 13}
+    assert _pick({0: ok, 1: ok}) == ok
+    assert _pick({0: interrupted, 1: interrupted}) == interrupted
+    assert _pick({0: other, 1: oom}) == oom  # rank 0 only saw the collective fail
+    assert _pick({0: other, 1: other}) == other
+    assert _pick({1: oom}) == oom
+    assert _pick({}) is None
+
+
+def test_only_rank_zero_writes_under_plain_torchrun(monkeypatch, tmp_path):
+    from finetune_trainer.errors import termination_path
+
+    monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(tmp_path / "t"))
+    monkeypatch.delenv("FINETUNE_RANK_TERMINATION_DIR", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert termination_path() is None
+    monkeypatch.setenv("RANK", "0")
+    assert termination_path() == str(tmp_path / "t")
+    monkeypatch.setenv("FINETUNE_RANK_TERMINATION_DIR", str(tmp_path))
+    monkeypatch.setenv("RANK", "1")
+    assert termination_path() == str(tmp_path / "rank-1.json")
