@@ -52,6 +52,7 @@ def test_sigkill_after_checkpoint_resumes_from_it_and_ignores_other_uids(harness
     second = harness.run("second", "--config", config)
     assert second.returncode == 0, second.stderr[-4000:]
     assert f"resuming from checkpoint {complete[-1]}" in second.stderr
+    assert "using cached model s3://models/tiny/" in second.stderr  # the first attempt's download is reused
     manifest = json.loads(harness.read(prefix + "adapter/manifest.json"))
     assert manifest["results"]["resumedFromStep"] == complete[-1]
     assert manifest["results"]["globalStep"] == 6

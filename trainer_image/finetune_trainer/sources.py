@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,8 @@ META_PATTERNS = (
     "added_tokens.json",
 )
 COMPLETE_MARKER = ".finetune-complete"
+
+log = logging.getLogger("finetune_trainer.sources")
 
 
 @dataclass
@@ -101,6 +104,7 @@ def _resolve_s3_model(uri: str, s3: Any, cache_dir: str, meta_only: bool) -> Res
     dest = os.path.join(cache_dir, "s3", content_hash[:24] + ("-meta" if meta_only else ""))
     marker = os.path.join(dest, COMPLETE_MARKER)
     if os.path.exists(marker):
+        log.info("using cached model %s from %s", uri, dest)
         return ResolvedModel(path=dest, uri=uri, content_hash=content_hash)
     os.makedirs(dest, exist_ok=True)
     if meta_only:
