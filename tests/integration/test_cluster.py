@@ -228,14 +228,18 @@ def test_eviction_sends_sigterm_and_leaves_disruption_target(
     release(core, namespace, "evicted")
 
 
-def test_sigterm_ignored_means_sigkill_after_the_grace_period(k8s_api: client.ApiClient, namespace: str) -> None:
+def test_sigterm_ignored_means_sigkill_after_the_grace_period(
+    k8s_api: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
     core = client.CoreV1Api(k8s_api)
-    pod = make_pod("stubborn", ["python", "-c", "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-                                "open('/dev/termination-log', 'w').write('ignoring')\ntime.sleep(300)"],
-                   image=PYTHON, terminationGracePeriodSeconds=1,
-                   metadata={"finalizers": ["localcluster.finetune.dev/test-hold"]})
+    script = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+              "open('/signals/started', 'w').write('ignoring')\ntime.sleep(300)")
+    pod = make_pod("stubborn", ["python", "-c", script], image=PYTHON, terminationGracePeriodSeconds=1,
+                   metadata={"finalizers": ["localcluster.finetune.dev/test-hold"]},
+                   volumes=[{"name": "signals", "hostPath": {"path": str(tmp_path)}}],
+                   container={"volumeMounts": [{"name": "signals", "mountPath": "/signals"}]})
     core.create_namespaced_pod(namespace, pod)
-    wait_for_pod(k8s_api, namespace, "stubborn", lambda p: phase(p) == "Running")
+    until(lambda: (tmp_path / "started").exists(), 30, "SIGTERM ignored")
     core.delete_namespaced_pod("stubborn", namespace)
     done = wait_for_pod(k8s_api, namespace, "stubborn", finished, timeout=30)
     t = terminated(done)
