@@ -77,11 +77,18 @@ def make_progress_callback(progress: ProgressReporter, is_main: bool) -> Any:
 
 def run_training(cfg: Config, argv: list[str]) -> int:
     """Train, checkpoint, upload; returns the exit code (errors raise TrainerError subclasses)."""
+    flag = InterruptFlag()
+    flag.install()
+    try:
+        return _train(cfg, argv, flag)
+    finally:
+        flag.uninstall()
+
+
+def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
     job = cfg.job
     rank, local_rank, world = _dist_info()
     is_main = rank == 0
-    flag = InterruptFlag()
-    flag.install()
     started = time.time()
 
     store = open_run_store(job.run_prefix, s3_client_for(cfg))
