@@ -147,6 +147,19 @@ def update_state_gauge(config: OperatorConfig) -> None:
         observability.JOBS_BY_STATE.labels(state=state).set(counts.get(state, 0))
 
 
+def resync_all(config: OperatorConfig) -> None:
+    """Reconcile every job that has not finished."""
+    namespaces: list[str | None] = list(config.namespaces) or [None]
+    for ns in namespaces:
+        for item in k8s.list_ftjs(ns):
+            if (item.get("status") or {}).get("state") not in reconcile.TERMINAL:
+                meta = item["metadata"]
+                try:
+                    reconcile_job(meta["namespace"], meta["name"], config)
+                except k8s.ApiError as exc:
+                    log.warning("reconcile %s/%s: %s", meta["namespace"], meta["name"], exc)
+
+
 def reevaluate_waiting(config: OperatorConfig) -> None:
     """The GPU inventory changed: reconcile every job waiting for capacity."""
     namespaces: list[str | None] = list(config.namespaces) or [None]

@@ -1,6 +1,6 @@
 """The only module that uses kopf's decorators; every handler is a few lines over `controller`.
 
-All handlers are level-triggered (`on.event`, timers): kopf keeps no per-handler progress for
+All handlers are level-triggered (`on.event` plus one resync thread): kopf keeps no per-handler progress for
 them, so nothing about a job lives in the operator's memory or in kopf's annotations, and a
 replica that becomes leader simply reconciles what it finds.
 """
@@ -55,17 +55,25 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     Runtime.elector = LeaderElector(config.lease_name, config.lease_namespace, config.identity,
                                     config.lease_duration_seconds)
     Runtime.elector.start()
-    threading.Thread(target=_gauge_loop, name="state-gauge", daemon=True).start()
+    threading.Thread(target=_resync_loop, name="resync", daemon=True).start()
 
 
-def _gauge_loop() -> None:
+def _resync_loop() -> None:
+    """Reconcile every unfinished job periodically, and refresh the state gauge.
+
+    A safety net for missed events and the way a newly elected leader picks up its work. It
+    runs in one thread rather than as kopf per-object timers: kopf guards timers with a
+    finalizer on each FineTuneJob, which would need write access to users' resources.
+    """
     while True:
-        if _leading():
-            try:
-                controller.update_state_gauge(Runtime.config)
-            except Exception as exc:  # noqa: BLE001 - metrics must never stop the operator
-                log.debug("state gauge: %s", exc)
-        time.sleep(30)
+        time.sleep(Runtime.config.resync_seconds)
+        if not _leading():
+            continue
+        try:
+            controller.resync_all(Runtime.config)
+            controller.update_state_gauge(Runtime.config)
+        except Exception as exc:  # noqa: BLE001 - one failed pass must not stop the loop
+            log.warning("resync: %s", exc)
 
 
 @kopf.on.cleanup()
@@ -77,13 +85,6 @@ def cleanup(**_: Any) -> None:
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
 def finetunejob_event(type: str | None, name: str, namespace: str, **_: Any) -> None:
     if type != "DELETED" and _leading():
-        controller.reconcile_job(namespace, name, Runtime.config)
-
-
-@kopf.timer(api.GROUP, api.VERSION, api.PLURAL, interval=10.0, initial_delay=1.0)
-def finetunejob_resync(name: str, namespace: str, **_: Any) -> None:
-    # Safety net for missed events and for a replica that has just become leader.
-    if _leading():
         controller.reconcile_job(namespace, name, Runtime.config)
 
 

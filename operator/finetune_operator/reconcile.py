@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -391,6 +392,19 @@ def _progress_message(progress: dict[str, Any]) -> str:
     return "training"
 
 
+def decimal_string(value: Any) -> str:
+    """A number as the status's decimal-string form: six significant digits, NaN and ±Inf spelled out."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "NaN"
+    if math.isnan(number):
+        return "NaN"
+    if math.isinf(number):
+        return "Inf" if number > 0 else "-Inf"
+    return format(number, ".6g")
+
+
 _PROGRESS_KEYS = ("phase", "step", "totalSteps", "epoch", "trainLoss", "evalLoss", "tokensPerSecond",
                   "etaSeconds", "updatedAt")
 
@@ -401,13 +415,13 @@ def _copy_progress(progress: dict[str, Any], st: _Status) -> None:
     out = {k: progress[k] for k in _PROGRESS_KEYS if progress.get(k) is not None}
     for key in ("epoch", "trainLoss", "evalLoss", "tokensPerSecond"):
         if key in out:
-            out[key] = str(out[key])
+            out[key] = decimal_string(out[key])
     if out.get("step") is not None and out.get("totalSteps"):
         out["percent"] = max(0, min(100, int(100 * int(out["step"]) / int(out["totalSteps"]))))
     if out:
         st.data["progress"] = out
     if progress.get("baselineEvalLoss") is not None:
-        st.data["baselineEvalLoss"] = str(progress["baselineEvalLoss"])
+        st.data["baselineEvalLoss"] = decimal_string(progress["baselineEvalLoss"])
     ckpt = progress.get("lastCheckpoint")
     if isinstance(ckpt, dict) and ckpt.get("uri"):
         st.data["lastCheckpoint"] = {k: ckpt[k] for k in ("step", "uri", "time") if k in ckpt}
@@ -433,20 +447,23 @@ def _succeeded(pods: list[dict[str, Any]], st: _Status) -> None:
     done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
     _, _, summary = _termination(done[-1] if done else None)
     adapter = summary.get("adapter") or {}
-    if adapter.get("uri"):
-        st.data["adapter"] = {k: adapter[k] for k in ("uri", "sizeBytes", "sha256", "manifestUri") if k in adapter}
+    if not adapter.get("uri"):
+        # Exit 0 without the trainer's report is no evidence of an adapter: never claim one.
+        st.fail("AdapterNotReported", "the training Job completed but the trainer reported no adapter in its "
+                "termination message; check the trainer image version (docs/contract.md) and the pod's logs")
+        return
+    st.data["adapter"] = {k: adapter[k] for k in ("uri", "sizeBytes", "sha256", "manifestUri") if k in adapter}
     for key in ("baselineEvalLoss", "finalEvalLoss"):
         if summary.get(key) is not None:
-            st.data[key] = str(summary[key])
+            st.data[key] = decimal_string(summary[key])
     progress = dict(st.data.get("progress") or {})
     if progress.get("totalSteps"):
         progress.update(step=progress["totalSteps"], percent=100, phase="done", etaSeconds=0)
         st.data["progress"] = progress
     st.state("Succeeded")
     st.data["completionTime"] = st.data.get("completionTime") or cond.now_rfc3339(st.now)
-    where = adapter.get("uri", "S3")
     st.condition(cond.RUNNING, False, "Completed", "training finished")
-    st.condition(cond.SUCCEEDED, True, "AdapterUploaded", f"adapter written to {where}")
+    st.condition(cond.SUCCEEDED, True, "AdapterUploaded", f"adapter written to {adapter['uri']}")
 
 
 def _failed(job_failed: dict[str, Any], pods: list[dict[str, Any]], st: _Status) -> None:

@@ -258,3 +258,26 @@ def test_replay_is_stable(body: dict[str, Any]) -> None:
     body["status"] = first.status
     second = reconcile.plan(with_job(body, [pod("Running")], progress={"step": 3, "totalSteps": 10}), CONFIG)
     assert second.status == first.status and second.events == []
+
+
+def test_completion_without_an_adapter_report_is_not_success(body: dict[str, Any]) -> None:
+    plan = reconcile.plan(with_job(body, [pod("Succeeded", exit_code=0, message="")],
+                                   [{"type": "Complete", "status": "True"}]), CONFIG)
+    assert plan.status["state"] == "Failed"
+    assert plan.status["failure"]["reason"] == "AdapterNotReported"
+    assert "adapter" not in plan.status
+
+
+@pytest.mark.parametrize("value, expected", [
+    (5.97772741317749, "5.97773"), ("2.5", "2.5"), (1e-5, "1e-05"), (float("nan"), "NaN"),
+    (float("inf"), "Inf"), (float("-inf"), "-Inf"), ("garbage", "NaN"), (812.0, "812"),
+])
+def test_decimal_strings_fit_the_status_schema(value: Any, expected: str) -> None:
+    import re
+
+    from finetune_operator import api
+
+    assert reconcile.decimal_string(value) == expected
+    pattern = api.FineTuneJobStatus.model_json_schema()["$defs"]["ProgressStatus"]["properties"]["trainLoss"]
+    regex = next(b["pattern"] for b in pattern["anyOf"] if "pattern" in b)
+    assert re.match(regex, expected)
