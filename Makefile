@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: all venv control-plane test test-unit cluster-up cluster-down demo crds lint clean
+.PHONY: all venv control-plane tools test test-unit cluster-up cluster-down demo crds lint clean
 
 all: test
 
@@ -27,10 +27,14 @@ $(STAMP): pyproject.toml constraints.txt
 control-plane: venv
 	bash localcluster/build-control-plane.sh
 
-test: venv control-plane
+# helm (pinned, built with go install and cached) renders and lints the chart in the tests.
+tools:
+	bash charts/build-helm.sh >/dev/null
+
+test: venv control-plane tools
 	$(BIN)/python -m pytest -p no:cacheprovider tests
 
-test-unit: venv
+test-unit: venv tools
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
 cluster-up: venv control-plane

@@ -31,11 +31,12 @@ def run(args: Sequence[str]) -> int:
     import prometheus_client
 
     from finetune_operator import config as config_mod
-    from finetune_operator import handlers, k8s
+    from finetune_operator import gpus, handlers, k8s
 
     try:
         cfg = config_mod.load()
-    except config_mod.ConfigError as exc:
+        gpus.extend_catalog(cfg.gpu_catalog)
+    except (config_mod.ConfigError, ValueError) as exc:
         print(f"finetune-operator: {exc}", file=sys.stderr)
         return 2
     kopf.configure(log_format=kopf.LogFormat.JSON, verbose="--verbose" in args)

@@ -72,8 +72,36 @@ def catalog_gpu(name: str) -> CatalogGpu | None:
     return _BY_PRODUCT.get(key) or _BY_GKE.get(key)
 
 
+_EXTRA: list[CatalogGpu] = []
+
+
+def extend_catalog(entries: Iterable[Mapping[str, Any]]) -> list[CatalogGpu]:
+    """Add GPU products from the operator's configuration (`gpu_catalog`), once at start-up.
+
+    Each entry: `product` (GFD's nvidia.com/gpu.product), `memoryMiB`, `computeCapability`
+    ("8.9"), optional `family`, `gkeAccelerator` (list) and `karpenterName`. An entry for a
+    product already in the catalog replaces it (a platform knows its hardware best).
+    """
+    added = []
+    for i, entry in enumerate(entries):
+        try:
+            major, minor = (int(x) for x in str(entry["computeCapability"]).split("."))
+            gpu = CatalogGpu(
+                str(entry["product"]), int(entry["memoryMiB"]), (major, minor), str(entry.get("family", "unknown")),
+                tuple(str(x) for x in entry.get("gkeAccelerator") or ()),
+                str(entry["karpenterName"]).lower() if entry.get("karpenterName") else None,
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"gpu_catalog[{i}]: needs product, memoryMiB and computeCapability like '8.9' ({exc})") from exc
+        _BY_PRODUCT[gpu.product.lower()] = gpu
+        _BY_GKE.update({name: gpu for name in gpu.gke})
+        _EXTRA.append(gpu)
+        added.append(gpu)
+    return added
+
+
 def _karpenter_gpu(name: str, memory_mib: int | None) -> CatalogGpu | None:
-    matches = [g for g in GPU_CATALOG if g.karpenter == name.lower()]
+    matches = [g for g in (*_EXTRA, *GPU_CATALOG) if g.karpenter == name.lower()]
     if memory_mib is not None and len(matches) > 1:
         matches.sort(key=lambda g: abs(g.memory_mib - memory_mib))
     return matches[0] if matches else None

@@ -36,7 +36,12 @@ def test_inspect_then_train_then_rerun(harness, s3_model_uri):
 
     train = harness.run("train", "--config", config)
     assert train.returncode == 0, train.stderr[-5000:]
-    assert harness.termination("train")["class"] == "Succeeded"
+    done = harness.termination("train")
+    assert done["class"] == "Succeeded"
+    # The operator fills the status from this report alone (docs/contract.md §3).
+    assert done["adapter"]["uri"].endswith(prefix + "adapter/")
+    assert done["adapter"]["manifestUri"].endswith(prefix + "adapter/manifest.json")
+    assert done["adapter"]["sizeBytes"] > 0 and len(done["adapter"]["sha256"]) == 64
 
     keys = harness.keys(prefix)
     manifest = json.loads(harness.read(prefix + "adapter/manifest.json"))

@@ -8,6 +8,7 @@ import logging
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 from .checkpoints import InterruptFlag, latest_checkpoint, make_checkpoint_callback
@@ -96,7 +97,11 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         # A rerun (e.g. a retried pod) must never touch a completed adapter.
         log.info("adapter already complete at %s; nothing to do", store.uri(MANIFEST))
         if is_main:
-            write_termination(ExitCode.SUCCEEDED, "adapter already complete", adapterUri=store.uri("adapter/"))
+            done = json.loads(store.read_bytes(MANIFEST))
+            results = done.get("results") or {}
+            write_termination(ExitCode.SUCCEEDED, "adapter already complete", adapterUri=store.uri("adapter/"),
+                              adapter=adapter_report(store, done), baselineEvalLoss=results.get("baselineEvalLoss"),
+                              finalEvalLoss=results.get("finalEvalLoss"))
         return 0
 
     progress = ProgressReporter(
@@ -288,6 +293,7 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         "peakGpuMemory": peak_gpu_memory(),
         "libraries": library_versions(),
         "files": files,
+        "adapterSizeBytes": sum(p.stat().st_size for p in Path(adapter_dir).rglob("*") if p.is_file()),
     }
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     if not prep.store.put_bytes(MANIFEST, body, if_none_match=True):
@@ -297,12 +303,24 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         ExitCode.SUCCEEDED,
         "adapter complete",
         adapterUri=prep.store.uri("adapter/"),
+        adapter=adapter_report(prep.store, manifest),
         baselineEvalLoss=baseline,
         finalEvalLoss=final,
         warnings=warnings[:5],
     )
     _end(trainer)
     return 0
+
+
+def adapter_report(store: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The adapter as the operator records it in status (docs/contract.md §3): no S3 read needed there."""
+    files = manifest.get("files") or {}
+    return {
+        "uri": store.uri("adapter/"),
+        "manifestUri": store.uri(MANIFEST),
+        "sha256": files.get("adapter_model.safetensors"),
+        "sizeBytes": manifest.get("adapterSizeBytes"),
+    }
 
 
 _HYPERPARAMETERS = (

@@ -70,3 +70,18 @@ def test_liveness_probe_fails_when_no_watch_event_arrives(monkeypatch: pytest.Mo
     monkeypatch.setattr(observability.HEARTBEAT, "age", lambda: 21.0)
     with pytest.raises(Exception, match="stale"):
         handlers.watch_age()
+
+
+def test_gpu_catalog_additions_give_memory_to_cloud_labelled_nodes() -> None:
+    from finetune_operator import gpus
+
+    node = {"metadata": {"name": "n1", "labels": {"cloud.google.com/gke-accelerator": "nvidia-future-x1"}},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}, "capacity": {"nvidia.com/gpu": "8"}}}
+    before = gpus.inventory_from_nodes([node])
+    assert not before.products({})
+    gpus.extend_catalog([{"product": "NVIDIA-Future-X1", "memoryMiB": 196608, "computeCapability": "10.0",
+                          "gkeAccelerator": ["nvidia-future-x1"]}])
+    after = gpus.inventory_from_nodes([node]).products({})
+    assert [p.memory_mib for p in after] == [196608]
+    with pytest.raises(ValueError, match=r"gpu_catalog\[0\]"):
+        gpus.extend_catalog([{"product": "x"}])
