@@ -52,6 +52,7 @@ def api_server():
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", _Recorder.requests
     server.shutdown()
+    server.server_close()
 
 
 def test_progress_patches_the_configmap_with_the_token_and_throttles(api_server, tmp_path: Path):
