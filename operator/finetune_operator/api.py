@@ -559,6 +559,8 @@ class PlacementStatus(_ApiModel):
     gpu_product: str | None = None
     """The product of the node the pod was scheduled to."""
     node: str | None = None
+    pod: Annotated[str, Field(max_length=253)] | None = None
+    """The current training pod; a new name means a new attempt (the old pod may be gone already)."""
 
 
 class ProgressStatus(_ApiModel):

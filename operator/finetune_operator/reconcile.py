@@ -219,7 +219,7 @@ def _inspect(
     report = summary.get("reportUri", "")
     where = f" (full report: {report})" if report else ""
     if phase == "Failed":
-        text = str(summary.get("message") or f"inspection exited with code {code}")
+        text = str(summary.get("message") or f"inspection exited with code {code}") + _line_errors(summary)
         if code == builders.EXIT_DATA_ERROR:
             st.condition(cond.INSPECTED, False, "DataError", text + where)
             st.fail("DataError", text + where)
@@ -253,6 +253,13 @@ def _inspect(
     st.condition(cond.INSPECTED, True, "Passed",
                  f"model and data checked{where}" + (f"; {len(warnings)} warning(s)" if warnings else ""))
     return arch
+
+
+def _line_errors(summary: dict[str, Any]) -> str:
+    """The first per-line data errors (line numbers and what is wrong, never the data itself)."""
+    errors = (summary.get("data") or {}).get("errors") or []
+    listed = [f"line {e['line']}: {e['message']}" for e in errors if isinstance(e, dict) and "line" in e]
+    return (": " + "; ".join(listed)) if listed else ""
 
 
 def _data_status(data: dict[str, Any]) -> dict[str, Any]:
@@ -323,7 +330,7 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
         result.job_suspend = desired_suspend
     _copy_progress(obs.progress, st)
     pods = sorted(obs.pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
-    st.data["attempts"] = len(pods)
+    _count_attempts(pods, st)
     _record_disruptions(pods, st)
     job_conds = (job.get("status") or {}).get("conditions")
     if cond.is_true(job_conds, "Complete") or cond.is_true(job_conds, "SuccessCriteriaMet"):
@@ -377,6 +384,24 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
         st.condition(cond.SCHEDULED, None, "WaitingForAdmission", "the Job is suspended (waiting for Kueue admission)")
     else:
         st.condition(cond.SCHEDULED, None, "Starting", "waiting for the training pod to start")
+
+
+def _count_attempts(pods: list[dict[str, Any]], st: _Status) -> None:
+    """Attempts = training pods started. Evicted and suspended pods are deleted, so the count
+    lives in the status: every pod name not seen before is one more attempt."""
+    placement_status = dict(st.data.get("placement") or {})
+    attempts = int(st.data.get("attempts") or 0)
+    seen = placement_status.get("pod")
+    names = [p["metadata"]["name"] for p in pods]
+    if seen in names:
+        new = names[names.index(seen) + 1:]
+    else:
+        new = names
+    if new:
+        attempts += len(new)
+        placement_status["pod"] = new[-1]
+        st.data["placement"] = placement_status
+    st.data["attempts"] = max(attempts, len(pods))
 
 
 def _node_product(nodes: list[dict[str, Any]], node: str | None) -> str | None:
@@ -490,7 +515,7 @@ def _failed(job_failed: dict[str, Any], pods: list[dict[str, Any]], st: _Status)
                 "gradientAccumulation, a shorter dataset.maxSeqLength, or a GPU with more memory "
                 "(resources.allowedGpuProducts)")
     elif code == builders.EXIT_DATA_ERROR:
-        st.fail("DataError", text + (f" (full report: {report})" if report else ""))
+        st.fail("DataError", text + _line_errors(summary) + (f" (full report: {report})" if report else ""))
     elif code == builders.EXIT_CONFIG_ERROR:
         st.fail("InvalidSpec", text or "the trainer refused its configuration")
     elif job_reason == "BackoffLimitExceeded":

@@ -281,3 +281,26 @@ def test_decimal_strings_fit_the_status_schema(value: Any, expected: str) -> Non
     pattern = api.FineTuneJobStatus.model_json_schema()["$defs"]["ProgressStatus"]["properties"]["trainLoss"]
     regex = next(b["pattern"] for b in pattern["anyOf"] if "pattern" in b)
     assert re.match(regex, expected)
+
+
+def test_attempts_survive_deleted_pods(body: dict[str, Any]) -> None:
+    """An evicted or suspended pod is deleted; the next pod is still counted as a new attempt."""
+    first = reconcile.plan(with_job(body, [pod("Running", name="train-a")]), CONFIG)
+    assert first.status["attempts"] == 1
+    body["status"] = first.status
+    again = reconcile.plan(with_job(body, [pod("Running", name="train-a")]), CONFIG)
+    assert again.status["attempts"] == 1
+    body["status"] = again.status
+    replaced = reconcile.plan(with_job(body, [pod("Running", name="train-b", created="2026-01-01T00:05:00Z")]),
+                              CONFIG)
+    assert replaced.status["attempts"] == 2
+    assert replaced.status["placement"]["pod"] == "train-b"
+
+
+def test_data_error_lists_the_first_bad_lines(body: dict[str, Any]) -> None:
+    summary = {"class": "DataError", "message": "data unusable: 2 lines have errors",
+               "data": {"errors": [{"line": 3, "message": "invalid JSON"}, {"line": 7, "message": "unknown role"}]}}
+    obs = reconcile.Observed(body=body, inspect_config={"metadata": {}},
+                             inspect_pod=pod("Failed", exit_code=builders.EXIT_DATA_ERROR, message=summary))
+    message = reconcile.plan(obs, CONFIG).status["failure"]["message"]
+    assert "line 3: invalid JSON" in message and "line 7: unknown role" in message
