@@ -14,7 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _apply(kubectl: Any, namespace: str, body: dict[str, Any], check: bool = True) -> Any:
-    return kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(body), check=check)
+    # JSON, not PyYAML: YAML 1.1 would emit the decimal string "1e-3" unquoted, which kubectl reads as a number.
+    return kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=check)
 
 
 def test_user_workflow_with_kubectl(kubectl: Any, kubeconfig: Path, namespace: str) -> None:
