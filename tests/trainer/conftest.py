@@ -113,8 +113,10 @@ class Harness:
         )
 
     def popen(self, name: str, *args: str, **env: str) -> subprocess.Popen[str]:
-        log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 - the subprocess owns it
-        return subprocess.Popen(self.command(*args), env=self.env(name, **env), stdout=log, stderr=subprocess.STDOUT, text=True)
+        # The child inherits the descriptor; ours is closed at once (no ResourceWarning).
+        with open(self.root / f"{name}.log", "w") as log:
+            return subprocess.Popen(self.command(*args), env=self.env(name, **env), stdout=log,
+                                    stderr=subprocess.STDOUT, text=True)
 
     def termination(self, name: str) -> dict[str, Any]:
         text = (self.root / f"{name}.termination").read_text()
