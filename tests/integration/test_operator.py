@@ -283,3 +283,50 @@ def test_health_endpoint_reports_leader_and_watch_age(start_operator: Any) -> No
     assert status == 200
     assert probes["leader"] is True
     assert 0 <= probes["watchAgeSeconds"] < 4 * 6
+
+
+def test_plain_pod_deletion_is_interrupted_and_resumed(jobs: Jobs, start_operator: Any) -> None:
+    """`kubectl delete pod` (no eviction, no DisruptionTarget): the trainer checkpoints on SIGTERM and
+    exits with the interrupted code, which the Job's podFailurePolicy ignores; the next pod resumes."""
+    start_operator(trainer_image="ghcr.io/finetune-operator/trainer:test-slow")
+    name = unique("delete-pod")
+    jobs.create(manifest(name, training={"maxSteps": 12, "microBatchSize": 2, "gradientAccumulation": 1,
+                                         "learningRate": "1e-3", "checkpoint": {"everySteps": 2, "keep": 2}},
+                         runPolicy={"backoffLimit": 0}))
+    jobs.wait(name, lambda b: ((b.get("status") or {}).get("lastCheckpoint") or {}).get("step", 0) >= 2,
+              400, "a first checkpoint")
+    pod = next(p for p in jobs.pods("app.kubernetes.io/component=training") if p.status.phase == "Running")
+    jobs.core.delete_namespaced_pod(pod.metadata.name, jobs.namespace)
+    final = jobs.wait_state(name, "Succeeded", timeout=600)["status"]
+    assert final["attempts"] >= 2
+    assert final["lastDisruption"]["reason"] == "Interrupted"
+    assert "resum" in _pod_logs(jobs, name).lower()
+
+
+def test_new_gpu_capacity_starts_a_waiting_job(jobs: Jobs, start_operator: Any, k8s_api: Any) -> None:
+    """A job that fits no GPU waits (waitForCapacity) and starts when a node that fits appears."""
+    start_operator()
+    name = unique("wait-capacity")
+    jobs.create(manifest(name, baseModel={"uri": SHAPE_70B}, method="lora",
+                         dataset={"trainUri": "s3://finetune/data/chat.jsonl", "maxSeqLength": 2048},
+                         lora={"r": 16}, training={"maxSteps": 10},
+                         runPolicy={"backoffLimit": 0, "waitForCapacity": True}))
+    body = jobs.wait_state(name, "Queued", timeout=300)
+    assert _conditions(body)["Scheduled"]["reason"] == "WaitingForCapacity"
+    assert jobs.training_jobs() == []
+    core = client.CoreV1Api(k8s_api)
+    node_name = unique("gpu-b200")
+    core.create_node({"metadata": {"name": node_name, "labels": {
+        "nvidia.com/gpu.product": "NVIDIA-B200", "nvidia.com/gpu.memory": "183359", "nvidia.com/gpu.count": "1",
+        "nvidia.com/gpu.compute.major": "10", "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.family": "blackwell",
+        "kubernetes.io/hostname": node_name}},
+        "spec": {"taints": [{"key": "finetune.dev/test-only", "effect": "NoSchedule"}]}})
+    try:
+        core.patch_node_status(node_name, {"status": {"capacity": {"nvidia.com/gpu": "1", "cpu": "64", "memory": "512Gi", "pods": "10"},
+                                                      "allocatable": {"nvidia.com/gpu": "1", "cpu": "64", "memory": "512Gi", "pods": "10"}}})
+        body = jobs.wait(name, lambda b: bool((b.get("status") or {}).get("jobName")), 120, "a training Job")
+        assert body["status"]["placement"]["eligibleProducts"] == ["NVIDIA-B200"]
+        assert len(jobs.training_jobs()) == 1
+    finally:
+        jobs.delete(name)
+        ignore_404(lambda: core.delete_node(node_name))
