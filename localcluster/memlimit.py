@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _CGROOT = Path("/sys/fs/cgroup")
@@ -159,18 +160,26 @@ class MemoryLimiter:
                 pass
 
 
-def session_rss_bytes(sid: int) -> int:
-    """Total resident memory of every process in session ``sid`` (the polling fallback)."""
-    page = os.sysconf("SC_PAGE_SIZE")
-    total = 0
+def session_processes(sid: int) -> Iterator[Path]:
+    """The /proc entries of every process in session ``sid`` (its leader included)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             raw = (entry / "stat").read_text()
             fields = raw[raw.rindex(")") + 2 :].split()
-            if int(fields[3]) != sid:
-                continue
+            if int(entry.name) == sid or int(fields[3]) == sid:
+                yield entry
+        except (OSError, ValueError, IndexError):
+            continue
+
+
+def session_rss_bytes(sid: int) -> int:
+    """Total resident memory of every process in session ``sid`` (the polling fallback)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for entry in session_processes(sid):
+        try:
             total += int((entry / "statm").read_text().split()[1]) * page
         except (OSError, ValueError, IndexError):
             continue

@@ -32,6 +32,7 @@ from kubernetes.utils import parse_quantity
 from localcluster import podexec
 from localcluster.fleet import NodeSpec
 from localcluster.images import ImageTable, LocalImage
+from localcluster import memlimit
 from localcluster.memlimit import ContainerCgroup, MemoryLimiter, session_rss_bytes
 from localcluster.nodes import NODE_IP
 from localcluster.podfiles import NotReadyError, PodFiles, expand, mounts
@@ -512,15 +513,10 @@ class PodWorker(threading.Thread):
 
 def _kill_session(sid: int) -> None:
     """SIGKILL the container's main process and everything left in its session."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for entry in memlimit.session_processes(sid):
         try:
-            raw = (entry / "stat").read_text()
-            fields = raw[raw.rindex(")") + 2 :].split()
-            if int(entry.name) == sid or int(fields[3]) == sid:
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ValueError):
+            os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
             continue
 
 

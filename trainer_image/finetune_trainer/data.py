@@ -11,7 +11,6 @@ status, which more people can read than the data.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -20,6 +19,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+from .storage import sha256_path
 
 FORMATS = ("auto", "messages", "prompt_completion", "text")
 ROLES = ("system", "user", "assistant")
@@ -139,14 +140,6 @@ class LoadedData:
     report: DataReport
     train: list[Example]
     validation: list[Example]
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _type_name(value: Any) -> str:
@@ -475,7 +468,7 @@ def load_jsonl(
 ) -> LoadedData:
     """Read, check, convert and split a JSONL dataset; the report says whether it is usable."""
     report = DataReport()
-    report.sha256 = sha256_file(path)
+    report.sha256 = sha256_path(path)
     try:
         with open(path, encoding="utf-8") as f:
             parsed = parse_lines(f, data_format, report)
