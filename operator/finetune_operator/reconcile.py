@@ -169,6 +169,12 @@ def _decide(obs: Observed, config: OperatorConfig, st: _Status, result: Plan) ->
     st.condition(cond.VALIDATED, True, "SpecChangeIgnored" if drift else "Valid",
                  drift or "the spec is valid")
 
+    if obs.job is None and st.old.get("attempts") is not None:
+        # The Job existed (we counted its pods) and is gone: deleted by hand or by its TTL before we
+        # saw it finish. Re-creating it would silently run the training again.
+        st.fail("JobDeleted", "the training Job was deleted outside the operator; its checkpoints are kept in "
+                "S3 — delete and re-create the FineTuneJob to run again")
+        return
     if obs.job is None:
         arch = _inspect(obs, spec, config, st, result)
         if arch is None:

@@ -304,3 +304,11 @@ def test_data_error_lists_the_first_bad_lines(body: dict[str, Any]) -> None:
                              inspect_pod=pod("Failed", exit_code=builders.EXIT_DATA_ERROR, message=summary))
     message = reconcile.plan(obs, CONFIG).status["failure"]["message"]
     assert "line 3: invalid JSON" in message and "line 7: unknown role" in message
+
+
+def test_a_job_deleted_behind_our_back_is_not_run_again(body: dict[str, Any]) -> None:
+    first = reconcile.plan(with_job(body, [pod("Running", name="train-a")]), CONFIG)
+    body["status"] = first.status
+    gone = reconcile.plan(inspected(body), CONFIG)
+    assert gone.status["failure"]["reason"] == "JobDeleted"
+    assert not any(o["kind"] == "Job" for o in gone.ensure)
