@@ -311,7 +311,8 @@ def _pod_spec(
         "restartPolicy": "Never",
         "containers": [container],
         "volumes": volumes,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000,
+        # The trainer image's own non-root user (trainer_image/Dockerfile: USER 10001:10001).
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "terminationGracePeriodSeconds": config.termination_grace_period_seconds,
     }
