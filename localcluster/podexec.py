@@ -53,6 +53,14 @@ def _ensure_target(source: str, target: str, is_dir: bool) -> None:
             pass
 
 
+def _same_file(path: str, fd: int) -> bool:
+    try:
+        a, b = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def _which(cmd: str, path: str) -> str | None:
     if "/" in cmd:
         return cmd if os.access(cmd, os.X_OK) and not os.path.isdir(cmd) else None
@@ -85,12 +93,20 @@ def main(spec_path: str) -> None:
         # Open every source before the first mount: a volume mounted over /tmp would otherwise
         # hide sources that live under /tmp (pytest's state directories do).
         fds = [os.open(m["source"], os.O_PATH) for m in ordered]
+        # Outermost first: re-exposing the project also re-exposes an environment inside it.
+        image_paths = sorted((p for p in spec.get("imagePaths") or [] if os.path.isdir(p)), key=lambda p: p.count("/"))
+        image_fds = [(p, os.open(p, os.O_PATH)) for p in image_paths]
         for m, fd in zip(ordered, fds):
             _ensure_target(m["source"], m["target"], os.path.isdir(f"/proc/self/fd/{fd}"))
             _mount(f"/proc/self/fd/{fd}", m["target"], MS_BIND | MS_REC)
             if m.get("readOnly"):
                 _mount(None, m["target"], MS_BIND | MS_REMOUNT | MS_RDONLY)
         for fd in fds:
+            os.close(fd)
+        for path, fd in image_fds:
+            if not _same_file(path, fd):  # hidden by a volume mounted over one of its parents
+                _ensure_target(path, path, True)
+                _mount(f"/proc/self/fd/{fd}", path, MS_BIND | MS_REC)
             os.close(fd)
         env = spec["env"]
         workdir = spec.get("workingDir")

@@ -374,6 +374,10 @@ class PodWorker(threading.Thread):
             "workingDir": c.get("workingDir"),
             "hostname": (self.pod["spec"].get("hostname") or self.pod_name)[:63],
             "mounts": mnts,
+            # The stand-in image's own filesystem: the environment and the project it runs from.
+            # A volume mounted over a parent (an emptyDir on /tmp while the checkout lives under
+            # /tmp) must not hide it, just as volumes never hide an image's /usr.
+            "imagePaths": [sys.prefix, str(Path(__file__).resolve().parent.parent)],
             "cgroupProcs": [run.cgroup.procs_file] if run.cgroup else [],
             "startErrorFile": str(start_error),
         }))

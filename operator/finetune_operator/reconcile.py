@@ -378,6 +378,11 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
         st.condition(cond.SCHEDULED, True, "Scheduled", f"running on node {node}")
         st.condition(cond.RUNNING, True, "Training", _progress_message(st.data.get("progress") or {}))
         return
+    if any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
+        # The trainer has exited 0; the Job controller marks the Job Complete a moment later.
+        st.state("Running")
+        st.condition(cond.RUNNING, True, "Completing", "the trainer finished; waiting for the Job to complete")
+        return
     for pod in active:
         sched = _pod_condition(pod, "PodScheduled")
         if sched and sched.get("status") == "False":

@@ -27,6 +27,7 @@ from localcluster.waiting import container_status, phase, until, wait_for_pod
 Obj = dict[str, Any]
 BUSYBOX = "localcluster/busybox"
 PYTHON = "localcluster/python"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_pod(name: str, command: list[str], image: str = BUSYBOX, **spec: Any) -> Obj:
@@ -386,9 +387,27 @@ def test_trainer_image_layout_with_tmp_emptydir(k8s_api: client.ApiClient, names
     core.create_namespaced_pod(namespace, pod)
     done = wait_for_pod(k8s_api, namespace, "trainer-shape", finished)
     assert phase(done) == "Succeeded", container_status(done)
+    # The emptyDir is empty, except for the stand-in image's own files when the checkout (and so
+    # the environment) lives under /tmp, as in CI's fresh clone: those stay visible.
+    image_under_tmp = REPO.resolve().is_relative_to("/tmp")
     assert terminated(done)["message"].split("\n") == [
-        str(Path(sys.executable).parent / "finetune-trainer"), "/tmp/hf", "0", "x: 1", ""]
+        str(Path(sys.executable).parent / "finetune-trainer"), "/tmp/hf", "1" if image_under_tmp else "0", "x: 1", ""]
     assert not Path("/tmp/only-in-the-pod").exists()
+
+
+def test_a_volume_over_the_checkouts_parent_does_not_hide_the_image(k8s_api: client.ApiClient, namespace: str) -> None:
+    """Volumes never hide an image's files: an emptyDir mounted over the directory holding the
+    checkout and its environment leaves the project importable and the volume otherwise empty."""
+    core = client.CoreV1Api(k8s_api)
+    parent = str(REPO.resolve().parent)
+    script = f"import os, finetune_trainer; print(sorted(os.listdir({parent!r})), end='', file=open('/dev/termination-log', 'w'))"
+    pod = make_pod("over-checkout", ["python", "-c", script], image=PYTHON,
+                   volumes=[{"name": "scratch", "emptyDir": {}}],
+                   container={"volumeMounts": [{"name": "scratch", "mountPath": parent}]})
+    core.create_namespaced_pod(namespace, pod)
+    done = wait_for_pod(k8s_api, namespace, "over-checkout", finished)
+    assert phase(done) == "Succeeded", container_status(done)
+    assert terminated(done)["message"] == str([REPO.resolve().name])
 
 
 def test_missing_secret_keeps_the_container_waiting(k8s_api: client.ApiClient, namespace: str) -> None:

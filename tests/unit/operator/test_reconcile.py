@@ -312,3 +312,10 @@ def test_a_job_deleted_behind_our_back_is_not_run_again(body: dict[str, Any]) ->
     gone = reconcile.plan(inspected(body), CONFIG)
     assert gone.status["failure"]["reason"] == "JobDeleted"
     assert not any(o["kind"] == "Job" for o in gone.ensure)
+
+
+def test_finished_pod_before_job_completion_stays_running(body: dict[str, Any]) -> None:
+    """Between the trainer's exit 0 and the Job's Complete condition the job is not 'Queued' again."""
+    plan = reconcile.plan(with_job(body, [pod("Succeeded", exit_code=0, message={"class": "Succeeded"})]), CONFIG)
+    assert plan.status["state"] == "Running"
+    assert plan.status["conditions"][-1]["reason"] == "Completing"
