@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import InterruptFlag, latest_checkpoint, make_checkpoint_callback
+from .checkpoints import InterruptFlag, latest_checkpoint, load_test_hooks, make_checkpoint_callback
 from .config import Config, parse_config, resolve_compute_dtype
 from .data import DataReport
 from .errors import ConfigError, DataError, ExitCode, Interrupted, classify, write_termination
@@ -19,6 +19,7 @@ from .job import prepare, s3_client_for, work_dir_for
 from .manifest import jsonable, library_versions, peak_gpu_memory
 from .progress import ProgressReporter, decimal_str
 from .runstore import open_run_store
+from .weights import fingerprints, force_cpu_4bit_repack, keep_standard_4bit_layout, weight_checks
 
 log = logging.getLogger("finetune_trainer.train")
 
@@ -160,6 +161,12 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         attn_implementation=cfg.model.attn_implementation,
         trust_remote_code=bool(sft.trust_remote_code),
     )
+    # Same weights, same bytes on every CPU: no in-place AVX-512 BF16 repack (see weights.py).
+    # The test hook takes that path on any CPU, to show the manifest's checks hold on it too.
+    if load_test_hooks().get("force_cpu_4bit_repack"):
+        force_cpu_4bit_repack(model)
+    else:
+        keep_standard_4bit_layout(model)
     peft_config = get_peft_config(cfg.model)
 
     resume = latest_checkpoint(prep.store)
@@ -208,7 +215,7 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
                 prep.store.put_bytes(BASELINE, json.dumps({"evalLoss": baseline}).encode())
         progress.update(phase="training", baselineEvalLoss=decimal_str(baseline), force=True)
 
-    before = _weight_fingerprints(trainer.model)
+    before = fingerprints(trainer.model)
     try:
         result = trainer.train(resume_from_checkpoint=resume_dir)
     except BaseException as e:
@@ -220,7 +227,7 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         where = f"checkpoint {last.step} saved to {prep.store.uri(last.rel)}" if last else "no checkpoint saved"
         raise Interrupted(f"SIGTERM: {where}", lastCheckpointStep=last.step if last else None)
 
-    checks = _weight_checks(trainer.model, before)
+    checks = weight_checks(trainer.model, before)
     final = _evaluate(trainer, shape) if eval_ds is not None else None
     train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     warnings = list(report.warnings)
@@ -353,41 +360,6 @@ def overfitting_warning(baseline: float | None, final: float | None, train_losse
             "use fewer epochs, a lower learning rate or more data"
         )
     return None
-
-
-def _weight_fingerprints(model: Any, sample: int = 8) -> dict[str, dict[str, float]]:
-    """Sums of a sample of frozen base weights and of every LoRA weight, to prove what training changed."""
-    import torch
-
-    base: dict[str, float] = {}
-    lora: dict[str, float] = {}
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                lora[name] = float(p.detach().float().sum().item() + p.detach().float().abs().sum().item())
-            elif not p.requires_grad and len(base) < sample and p.ndim >= 1:
-                base[name] = float(p.detach().float().sum().item())
-    return {"base": base, "lora": lora}
-
-
-def _weight_checks(model: Any, before: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """What the manifest reports about the trained model: 4-bit layers, frozen base, changed LoRA."""
-    after = _weight_fingerprints(model)
-    linear4bit = 0
-    try:
-        import bitsandbytes as bnb
-
-        linear4bit = sum(1 for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
-    except ImportError:
-        pass
-    changed = [n for n, v in after["lora"].items() if before["lora"].get(n) != v]
-    return {
-        "linear4bitModules": linear4bit,
-        "baseWeightsSampled": len(after["base"]),
-        "baseWeightsUnchanged": after["base"] == before["base"],
-        "loraTensors": len(after["lora"]),
-        "loraTensorsChanged": len(changed),
-    }
 
 
 def _evaluate(trainer: Any, shape: dict[str, Any]) -> float:
