@@ -70,7 +70,7 @@ def _validate_data(argv: list[str]) -> int:
         from .job import load_tokenizer, template_check, token_counter
 
         tokenizer, template = load_tokenizer(a.tokenizer)
-        count, check = token_counter(tokenizer), template_check(tokenizer)
+        count, check = token_counter(tokenizer), template_check(tokenizer, template)
     loaded = load_jsonl(
         a.file,
         data_format=a.format,

@@ -88,12 +88,14 @@ def token_counter(tokenizer: Any) -> Any:
     return count
 
 
-def template_check(tokenizer: Any) -> Any:
+def template_check(tokenizer: Any, template: TemplateChoice) -> Any:
     """Per-example check: the chat template renders the conversation (the message names the template's refusal)."""
 
     def check(ex: Example) -> str | None:
         if "messages" not in ex or not tokenizer.chat_template:
             return None
+        if uses_tools(ex) and not template.tools:
+            return None  # one data-level message says the template cannot express tools
         msgs = [strip_training_keys(m) for m in ex["messages"]]
         try:
             tokenizer.apply_chat_template(msgs, tools=ex.get("tools"), tokenize=False)
@@ -202,11 +204,13 @@ def check_against_template(data: LoadedData, template: TemplateChoice, tokenizer
     if weighted and template.marked:
         refused = 0
         for ex in examples:
-            if zero_weight_messages(ex):
+            if zero_weight_messages(ex) and (template.tools or not uses_tools(ex)):
                 try:
                     tokenize_conversation(tokenizer, ex, marked=True, train_on_inputs=train_on_inputs)
                 except ValueError:
                     refused += 1
+                except Exception:  # noqa: BLE001 - a template refusal, already reported per line
+                    pass
         if refused:
             report.fatal.append(
                 f"{refused} examples with weight 0 cannot be masked: the chat template's assistant spans do not "
@@ -258,7 +262,7 @@ def prepare(cfg: Config, *, meta_only: bool) -> Prepared:
         seed=cfg.sft.seed,
         count_tokens=token_counter(tokenizer),
         max_seq_length=cfg.sft.max_length,
-        check_example=template_check(tokenizer),
+        check_example=template_check(tokenizer, template),
     )
     template = check_against_template(data, template, tokenizer, cfg.job.train_on_inputs)
     return Prepared(cfg, s3, store, model, tokenizer, template, data, dataset_path, work_dir)

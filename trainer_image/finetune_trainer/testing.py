@@ -121,13 +121,24 @@ def build_tiny_model(out_dir: str, *, vocab_size: int = 400, seed: int = 0) -> s
     return out_dir
 
 
-def with_chat_template(model_dir: str, out_dir: str, chat_template: str) -> str:
-    """A copy of a (tiny) model directory whose tokenizer ships another stock chat template."""
+def with_chat_template(model_dir: str, out_dir: str, chat_template: str, max_positions: int | None = None) -> str:
+    """A copy of a (tiny) model directory whose tokenizer ships another stock chat template.
+
+    `max_positions` raises the context (rotary positions need no new weights), for templates
+    whose fixed text (a tools preamble) alone exceeds the tiny model's 256 positions.
+    """
     import shutil
 
     from transformers import AutoTokenizer
 
     shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
+    if max_positions:
+        path = os.path.join(out_dir, "config.json")
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        config["max_position_embeddings"] = max_positions
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
     tok = AutoTokenizer.from_pretrained(out_dir)
     tok.chat_template = chat_template
     tok.save_pretrained(out_dir)

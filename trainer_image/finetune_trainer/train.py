@@ -217,6 +217,16 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
 
     train_ds = as_dataset(prep.data.train)
     eval_ds = as_dataset(prep.data.validation) if prep.data.validation else None
+    if fmt == "messages" and sft.max_length and not sft.packing:
+        # TRL drops examples whose trained tokens all fall past max_length: say so, never silently.
+        lost = sum(1 for m in train_ds["assistant_masks"] if 1 not in m[: sft.max_length])
+        if lost:
+            msg = (f"{lost} of {len(train_ds)} training examples have no trained token within max_length "
+                   f"{sft.max_length} and are left out; raise max_length")
+            report.warnings.append(msg)
+            log.warning(msg)
+            if lost == len(train_ds):
+                raise DataError(msg.replace("are left out", "so nothing would be trained"), data=report.summary())
     trainer = SFTTrainer(
         model=model,
         args=sft,
@@ -266,6 +276,10 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
     adapter_dir = os.path.join(prep.work_dir, "adapter")
     shutil.rmtree(adapter_dir, ignore_errors=True)
     trainer.save_model(adapter_dir)
+    # The adapter ships the model's own template: the marked one renders the same text, but serving
+    # stacks need not know the {% generation %} extension.
+    if prep.template.stock:
+        prep.tokenizer.chat_template = prep.template.stock
     prep.tokenizer.save_pretrained(adapter_dir)
     # A pickle of TrainingArguments: not needed to use the adapter, and not safe to load.
     with contextlib.suppress(FileNotFoundError):
@@ -350,7 +364,9 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
 def activation_checkpointing_on(model: Any) -> bool:
     """Whether the (PEFT-wrapped) model runs with activation checkpointing."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return bool(getattr(inner, "is_gradient_checkpointing", False))
+    # transformers 5 renamed the property (the old name warns).
+    on = getattr(inner, "is_activation_checkpointing", None)
+    return bool(on if on is not None else getattr(inner, "is_gradient_checkpointing", False))
 
 
 def adapter_report(store: Any, manifest: dict[str, Any]) -> dict[str, Any]:
