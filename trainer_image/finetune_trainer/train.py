@@ -237,6 +237,11 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         callbacks=callbacks,
     )
     shape = {"per_device_train_batch_size": sft.per_device_train_batch_size, "max_length": sft.max_length}
+    columns = trainer.train_dataset.column_names or []
+    # Tokens that carry loss in one pass over the data: what the masking really left to learn from.
+    trained_tokens = (
+        sum(sum(1 for t in row if t != -100) for row in trainer.train_dataset["labels"]) if "labels" in columns else None
+    )
 
     baseline = None
     if eval_ds is not None:
@@ -331,6 +336,7 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
             "globalStep": trainer.state.global_step,
             "resumedFromStep": resume.step if resume else None,
             "tokens": int(num_tokens) if num_tokens is not None else None,
+            "trainedTokensPerEpoch": trained_tokens,
             # Read from the model, not the config: proof that checkpointing really ran (the estimate assumes it).
             "activationCheckpointing": activation_checkpointing_on(trainer.model),
             "runtimeSeconds": round(time.time() - started, 3),
