@@ -14,7 +14,7 @@ next to it and could change what the variant renders.
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -62,8 +62,11 @@ def load_template(name: str) -> str:
     return resources.files("finetune_trainer").joinpath(f"templates/{name}.jinja").read_text(encoding="utf-8")
 
 
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
 def has_generation_markers(template: str | None) -> bool:
-    return bool(template) and "{% generation %}" in (template or "").replace("{%- generation", "{% generation")
+    return bool(template and _GENERATION_TAG.search(template))
 
 
 # A renderer: (template, messages, tools, add_generation_prompt) -> text; raises on a template error.
