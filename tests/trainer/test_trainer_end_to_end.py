@@ -7,7 +7,7 @@ import json
 
 from safetensors.torch import load as load_safetensors
 
-from finetune_trainer.testing import chat_records
+from finetune_trainer.testing import STOCK_CHATML, chat_records
 
 
 def test_inspect_then_train_then_rerun(harness, s3_model_uri):
@@ -30,7 +30,9 @@ def test_inspect_then_train_then_rerun(harness, s3_model_uri):
     assert summary["data"]["tokens"]["max"] > 10
     report = json.loads(harness.read(prefix + "reports/inspection.json"))
     assert summary["reportUri"] == f"s3://runs/{prefix}reports/inspection.json"
-    assert report["verdict"] == "usable" and report["chatTemplate"] == {"family": "chatml", "marked": True}
+    assert report["verdict"] == "usable" and report["chatTemplate"] == {"family": "chatml", "marked": True, "variant": "chatml", "tools": False}
+    assert summary["lossMasking"] == report["lossMasking"] == {
+        "mode": "assistant_only", "trainOnInputs": False, "chatTemplate": "chatml", "zeroWeightMessages": 0}
     # Inspection never downloads the weights.
     assert not any("model.safetensors" in k for k in harness.keys(prefix))
 
@@ -46,7 +48,9 @@ def test_inspect_then_train_then_rerun(harness, s3_model_uri):
     keys = harness.keys(prefix)
     manifest = json.loads(harness.read(prefix + "adapter/manifest.json"))
     assert manifest["jobUid"] == cfg["job_uid"]
-    assert manifest["lossMasking"] == "assistant_only"
+    assert manifest["lossMasking"] == "assistant_only" and done["lossMasking"]["mode"] == "assistant_only"
+    assert manifest["lossMaskingDetails"]["trainOnInputs"] is False
+    assert manifest["results"]["activationCheckpointing"] is True
     assert manifest["systemPrompt"] == "You are a terse calculator."
     assert manifest["baseModel"]["contentHash"]
     assert manifest["dataset"]["sha256"] == hashlib.sha256(
@@ -76,7 +80,8 @@ def test_inspect_then_train_then_rerun(harness, s3_model_uri):
     tensors = load_safetensors(harness.read(prefix + "adapter/adapter_model.safetensors"))
     assert tensors and all("lora_" in k for k in tensors)
     assert all(t.abs().sum() > 0 for k, t in tensors.items() if "lora_B" in k)  # B starts at zero
-    assert "{% generation %}" in harness.read(prefix + "adapter/chat_template.jinja").decode()
+    # Serving gets the model's own template (the marked one trained on the same text).
+    assert harness.read(prefix + "adapter/chat_template.jinja").decode() == STOCK_CHATML
     # Checkpoints: complete ones only, at most keep_checkpoints.
     markers = [k for k in keys if k.endswith("/_COMPLETE")]
     assert markers == [prefix + "checkpoints/checkpoint-2/_COMPLETE", prefix + "checkpoints/checkpoint-4/_COMPLETE"]

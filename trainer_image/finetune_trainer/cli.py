@@ -3,6 +3,7 @@
     finetune-trainer --config train.yaml [--key value ...]
     finetune-trainer inspect --config train.yaml
     finetune-trainer validate-data FILE [--format F] [--tokenizer PATH] [--max-seq-length N] [--system-prompt TEXT]
+    finetune-trainer --help
 
 Every failure ends in one exit code of the contract and a termination message; heavy libraries
 (torch, transformers, trl) are imported only by the commands that need them.
@@ -13,12 +14,38 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
-from .errors import ExitCode, TrainerError, classify, write_termination
+from .errors import ConfigError, ExitCode, TrainerError, classify, write_termination
 
 log = logging.getLogger("finetune_trainer")
+
+USAGE = """usage: finetune-trainer [COMMAND] [ARGS]
+
+commands:
+  train          (the default) QLoRA training: finetune-trainer [train] --config train.yaml [--key value ...]
+  inspect        architecture and data report, no weights read: finetune-trainer inspect --config train.yaml
+  validate-data  check a local JSONL file: finetune-trainer validate-data FILE [--format F] [--tokenizer DIR]
+
+`finetune-trainer train --help` lists every configuration key, `validate-data --help` its options.
+Exit codes (docs/contract.md section 3): 0 succeeded/usable, 10 data unusable, 11 configuration or
+command-line error (also: a missing file or a URI given to validate-data), 12 CUDA out of memory,
+13 interrupted, 14 S3 unreachable, 1 anything else.
+"""
+
+
+def _local_file(path: str, what: str) -> None:
+    """validate-data reads local files only; say so instead of failing inside the reader."""
+    if "://" in path:
+        raise ConfigError(
+            f"{what}: '{path.split('://', 1)[0]}://' URIs are not fetched by validate-data, which reads a local file: "
+            "copy it first (e.g. aws s3 cp s3://bucket/key.jsonl data.jsonl), or run `finetune-trainer inspect` "
+            "with dataset_uri set"
+        )
+    if not os.path.exists(path):
+        raise ConfigError(f"{what}: {path}: no such file or directory")
 
 
 def _validate_data(argv: list[str]) -> int:
@@ -32,13 +59,18 @@ def _validate_data(argv: list[str]) -> int:
     p.add_argument("--system-prompt", default="")
     p.add_argument("--validation-split", default="0.1")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--train-on-inputs", action="store_true", help="loss on every token (as train_on_inputs: true)")
     a = p.parse_args(argv)
-    count = None
+    _local_file(a.file, "FILE")
+    if os.path.isdir(a.file):
+        raise ConfigError(f"FILE: {a.file} is a directory; give the JSONL file itself")
+    count = check = None
     if a.tokenizer:
-        from .job import load_tokenizer, token_counter
+        _local_file(a.tokenizer, "--tokenizer")
+        from .job import load_tokenizer, template_check, token_counter
 
-        tokenizer, _ = load_tokenizer(a.tokenizer)
-        count = token_counter(tokenizer)
+        tokenizer, template = load_tokenizer(a.tokenizer)
+        count, check = token_counter(tokenizer), template_check(tokenizer, template)
     loaded = load_jsonl(
         a.file,
         data_format=a.format,
@@ -47,12 +79,25 @@ def _validate_data(argv: list[str]) -> int:
         seed=a.seed,
         count_tokens=count,
         max_seq_length=a.max_seq_length,
+        check_example=check,
     )
-    print(json.dumps(loaded.report.to_json(), indent=2))
+    out = loaded.report.to_json()
+    if a.tokenizer:
+        from .job import check_against_template, masking_report, zero_weight_messages
+
+        template = check_against_template(loaded, template, tokenizer, a.train_on_inputs)
+        out = loaded.report.to_json()
+        zero = sum(zero_weight_messages(ex) for ex in loaded.train)
+        out["chatTemplate"] = template.to_json()
+        out["lossMasking"] = masking_report(loaded.report.format, template, a.train_on_inputs, zero)
+    print(json.dumps(out, indent=2))
     return 0 if loaded.report.usable else int(ExitCode.DATA_ERROR)
 
 
 def _run(argv: list[str]) -> int:
+    if argv[:1] in (["-h"], ["--help"], ["help"]):
+        print(USAGE, end="")
+        return 0
     if argv and argv[0] == "validate-data":
         return _validate_data(argv[1:])
     from .config import parse_config

@@ -65,6 +65,8 @@ class JobArguments:
     progress_configmap: str = field(default="", metadata={"help": "Progress ConfigMap name (empty: log only)."})
     progress_interval_seconds: float = field(default=5.0, metadata={"help": "Minimum seconds between progress writes."})
     wandb_project: str = field(default="", metadata={"help": "Weights & Biases project (key from WANDB_API_KEY)."})
+    train_on_inputs: bool = field(default=False, metadata={"help": "Loss on every token (true) or only on what the model answers: assistant turns, completions (false)."})
+    expect_gpus: int = field(default=0, metadata={"help": "GPUs the pod was given; with more than 0 and no CUDA device the run fails at once."})
     model_cache_dir: str = field(default="", metadata={"help": "Where s3:// models are cached (default under HF_HOME)."})
 
     @property
@@ -158,7 +160,9 @@ def parse_config(argv: list[str]) -> Config:
     parser = make_parser(compute_dtype)
     try:
         job, sft, model = parser.parse_args_and_config(args=argv)
-    except SystemExit as e:  # argparse: bad flag or value (it already printed why)
+    except SystemExit as e:  # argparse: bad flag or value (it already printed why), or --help
+        if e.code in (0, None):
+            raise
         raise ConfigError(f"invalid command line or configuration value (argparse exit {e.code})") from e
     except ValueError as e:
         msg = str(e)
@@ -190,6 +194,8 @@ def validate(job: JobArguments, sft: Any, model: Any) -> None:
         raise ConfigError("validation_split: must be at least 0 and below 1")
     if job.output_uri.startswith("s3://") and not job.job_uid:
         raise ConfigError("job_uid: required when output_uri is in S3 (the run prefix includes it)")
+    if job.expect_gpus < 0:
+        raise ConfigError("expect_gpus: must not be negative")
     if job.keep_checkpoints < 1:
         raise ConfigError("keep_checkpoints: must be at least 1")
     if job.checkpoint_interval_steps < 0 or job.checkpoint_interval_minutes < 0:

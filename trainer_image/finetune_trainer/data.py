@@ -23,7 +23,6 @@ from typing import Any
 from .storage import sha256_path
 
 FORMATS = ("auto", "messages", "prompt_completion", "text")
-ROLES = ("system", "user", "assistant")
 MIN_EXAMPLES = 10
 RECOMMENDED_EXAMPLES = 50
 MAX_LISTED_ERRORS = 20
@@ -191,13 +190,130 @@ def _check_str(value: Any, path: str, errors: list[str]) -> str | None:
     return value
 
 
-def _validate_messages(messages: Any, field_name: str = "messages") -> tuple[list[dict[str, str]] | None, list[str]]:
+ROLES = ("system", "user", "assistant", "tool")
+# Content-part types that carry something other than text (OpenAI and Hugging Face names).
+NON_TEXT_PARTS = ("image_url", "image", "input_image", "input_audio", "audio", "video", "file")
+
+
+def _content_text(value: Any, path: str, errors: list[str], *, optional: bool = False) -> str | None:
+    """A message's content as one string: a string, or an array of text parts (joined with no separator)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, list):
+        texts: list[str] = []
+        for j, part in enumerate(value):
+            ppath = f"{path}[{j}]"
+            if not isinstance(part, dict):
+                errors.append(f"{ppath} must be an object such as {{\"type\": \"text\", \"text\": \"...\"}}, got {_type_name(part)}")
+                continue
+            kind = part.get("type")
+            if kind in NON_TEXT_PARTS:
+                errors.append(
+                    f"{ppath} is an {kind} part; this trainer fine-tunes text-only models: "
+                    "remove image/audio parts or describe them in text"
+                )
+                continue
+            if kind != "text":
+                errors.append(f"{ppath}.type must be \"text\" (got {_type_name(kind) if not isinstance(kind, str) else 'another type'})")
+                continue
+            text = part.get("text")
+            if not isinstance(text, str):
+                errors.append(f"{ppath}.text must be a string, got {_type_name(text)}")
+                continue
+            texts.append(text)
+        if errors:
+            return None
+        value = "".join(texts)
+        if not value.strip():
+            if optional:
+                return None
+            errors.append(f"{path} is empty")
+            return None
+        return value
+    if not isinstance(value, str):
+        errors.append(f"{path} must be a string or an array of text parts, got {_type_name(value)}")
+        return None
+    if not value.strip():
+        if optional:
+            return None
+        errors.append(f"{path} is empty")
+        return None
+    return value
+
+
+def _tool_calls(value: Any, path: str, errors: list[str]) -> list[dict[str, Any]] | None:
+    """OpenAI tool calls, with `arguments` parsed from its JSON string (chat templates expect an object)."""
+    if not isinstance(value, list) or not value:
+        errors.append(f"{path} must be a non-empty array of tool calls")
+        return None
+    out: list[dict[str, Any]] = []
+    for j, call in enumerate(value):
+        cpath = f"{path}[{j}]"
+        if not isinstance(call, dict):
+            errors.append(f"{cpath} must be an object, got {_type_name(call)}")
+            continue
+        kind = call.get("type", "function")
+        if kind != "function":
+            errors.append(f"{cpath}.type must be \"function\"")
+            continue
+        fn = call.get("function")
+        if not isinstance(fn, dict):
+            errors.append(f"{cpath}.function must be an object with name and arguments, got {_type_name(fn)}")
+            continue
+        name = fn.get("name")
+        if not isinstance(name, str) or not name.strip():
+            errors.append(f"{cpath}.function.name must be a non-empty string")
+            continue
+        args = fn.get("arguments", {})
+        if isinstance(args, str):
+            try:
+                args = json.loads(args) if args.strip() else {}
+            except json.JSONDecodeError as e:
+                errors.append(f"{cpath}.function.arguments is not valid JSON ({e.msg} at column {e.colno})")
+                continue
+        if not isinstance(args, dict):
+            errors.append(f"{cpath}.function.arguments must be a JSON object, got {_type_name(args)}")
+            continue
+        item: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": args}}
+        if "id" in call:
+            if not isinstance(call["id"], str) or not call["id"]:
+                errors.append(f"{cpath}.id must be a non-empty string")
+                continue
+            item["id"] = call["id"]
+        out.append(item)
+    return out if not errors else None
+
+
+def validate_tools(value: Any, errors: list[str]) -> list[dict[str, Any]] | None:
+    """The top-level `tools` list (OpenAI function definitions), passed to the chat template as is."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        errors.append("tools must be a non-empty array of function definitions")
+        return None
+    for j, tool in enumerate(value):
+        path = f"tools[{j}]"
+        if not isinstance(tool, dict):
+            errors.append(f"{path} must be an object, got {_type_name(tool)}")
+            continue
+        fn = tool.get("function")
+        if tool.get("type", "function") != "function" or not isinstance(fn, dict):
+            errors.append(f"{path} must be {{\"type\": \"function\", \"function\": {{\"name\": ..., \"parameters\": ...}}}}")
+            continue
+        if not isinstance(fn.get("name"), str) or not fn["name"].strip():
+            errors.append(f"{path}.function.name must be a non-empty string")
+        if "parameters" in fn and not isinstance(fn["parameters"], dict):
+            errors.append(f"{path}.function.parameters must be a JSON Schema object, got {_type_name(fn['parameters'])}")
+    return None if errors else value
+
+
+def _validate_messages(messages: Any, field_name: str = "messages") -> tuple[list[dict[str, Any]] | None, list[str]]:
     errors: list[str] = []
     if not isinstance(messages, list):
         return None, [f"{field_name} must be an array, got {_type_name(messages)}"]
     if not messages:
         return None, [f"{field_name} is empty"]
-    out: list[dict[str, str]] = []
+    out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
         path = f"{field_name}[{i}]"
         if not isinstance(m, dict):
@@ -206,20 +322,60 @@ def _validate_messages(messages: Any, field_name: str = "messages") -> tuple[lis
         role = m.get("role")
         if not isinstance(role, str):
             errors.append(f"{path}.role must be a string, got {_type_name(role)}")
-        elif role not in ROLES:
+            continue
+        if role not in ROLES:
             errors.append(f"{path}.role is not one of {', '.join(ROLES)}")
-        content = _check_str(m.get("content"), f"{path}.content", errors)
-        if isinstance(role, str) and role in ROLES and content is not None:
-            out.append({"role": role, "content": content})
+            continue
+        n_before = len(errors)
+        msg: dict[str, Any] = {"role": role}
+        calls = None
+        if role == "assistant" and m.get("tool_calls") is not None:
+            calls = _tool_calls(m["tool_calls"], f"{path}.tool_calls", errors)
+        elif m.get("tool_calls") is not None:
+            errors.append(f"{path}.tool_calls is only allowed on assistant messages")
+        has_calls = role == "assistant" and m.get("tool_calls") is not None
+        content = _content_text(m.get("content"), f"{path}.content", errors, optional=has_calls)
+        msg["content"] = content
+        if calls is not None:
+            msg["tool_calls"] = calls
+        if role == "tool":
+            call_id = m.get("tool_call_id")
+            if call_id is not None and (not isinstance(call_id, str) or not call_id):
+                errors.append(f"{path}.tool_call_id must be a non-empty string")
+            elif call_id is not None:
+                msg["tool_call_id"] = call_id
+            if isinstance(m.get("name"), str):
+                msg["name"] = m["name"]
+        if "weight" in m:
+            weight = m["weight"]
+            if role != "assistant":
+                errors.append(f"{path}.weight is only meaningful on assistant messages (0: not trained on, 1: trained on)")
+            elif isinstance(weight, bool) or weight not in (0, 1):
+                errors.append(f"{path}.weight must be 0 (not trained on) or 1 (trained on)")
+            else:
+                msg["weight"] = int(weight)
+        if len(errors) == n_before:
+            out.append(msg)
     if errors:
         return None, errors
+    call_ids: set[str] = set()
     for i, m in enumerate(out):
         if m["role"] == "system" and i != 0:
             errors.append(f"{field_name}[{i}] has role system; a system message is only allowed first")
+        if m["role"] == "assistant":
+            call_ids.update(c["id"] for c in m.get("tool_calls", []) if "id" in c)
+        if m["role"] == "tool":
+            prev = out[i - 1] if i else None
+            if prev is None or not (prev["role"] == "tool" or prev.get("tool_calls")):
+                errors.append(f"{field_name}[{i}] has role tool but does not follow an assistant message with tool_calls")
+            elif "tool_call_id" in m and call_ids and m["tool_call_id"] not in call_ids:
+                errors.append(f"{field_name}[{i}].tool_call_id matches no earlier tool_calls[].id")
     if not any(m["role"] == "user" for m in out):
         errors.append(f"{field_name} has no user message")
     if out[-1]["role"] != "assistant":
         errors.append(f"{field_name} must end with an assistant message (the last has role {out[-1]['role']})")
+    elif all(m.get("weight", 1) == 0 for m in out if m["role"] == "assistant"):
+        errors.append(f"{field_name}: every assistant message has weight 0, so nothing would be trained on")
     return (None if errors else out), errors
 
 
@@ -281,7 +437,13 @@ def convert_record(obj: Any, wanted: str) -> tuple[str, Example | None, list[str
 
     if source == "messages" and target == "messages":
         msgs, errors = _validate_messages(obj.get("messages"))
-        return source, ({"messages": msgs} if msgs else None), errors
+        tools = validate_tools(obj.get("tools"), errors)
+        if msgs is None or errors:
+            return source, None, errors
+        ex: Example = {"messages": msgs}
+        if tools:
+            ex["tools"] = tools
+        return source, ex, errors
     if source == "sharegpt" and target == "messages":
         msgs, errors = _convert_sharegpt(obj)
         return source, ({"messages": msgs} if msgs else None), errors
@@ -310,7 +472,9 @@ def convert_record(obj: Any, wanted: str) -> tuple[str, Example | None, list[str
 def _prompt_and_answer(ex: Example) -> tuple[str, str] | None:
     if "messages" in ex:
         msgs = ex["messages"]
-        return json.dumps(msgs[:-1], sort_keys=True), msgs[-1]["content"]
+        last = msgs[-1]
+        answer = last["content"] if not last.get("tool_calls") else json.dumps(last, sort_keys=True)
+        return json.dumps([msgs[:-1], ex.get("tools")], sort_keys=True), answer
     if "prompt" in ex:
         return ex["prompt"], ex["completion"]
     return None
@@ -327,7 +491,7 @@ def _system_prompt(ex: Example) -> str | None:
 def inject_system_prompt(ex: Example, system_prompt: str) -> Example:
     """Add the spec's system prompt to a chat example that has none."""
     if system_prompt and "messages" in ex and _system_prompt(ex) is None:
-        return {"messages": [{"role": "system", "content": system_prompt}, *ex["messages"]]}
+        return {**ex, "messages": [{"role": "system", "content": system_prompt}, *ex["messages"]]}
     return ex
 
 
@@ -349,8 +513,21 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[n_val:]), sorted(order[:n_val])
 
 
-def parse_lines(lines: Iterable[str], wanted: str, report: DataReport) -> list[tuple[int, Example]]:
-    """Parse and convert JSONL lines, recording per-line errors in `report`."""
+ExampleCheck = Callable[[Example], str | None]
+
+
+def parse_lines(
+    lines: Iterable[str],
+    wanted: str,
+    report: DataReport,
+    check_example: ExampleCheck | None = None,
+    system_prompt: str = "",
+) -> list[tuple[int, Example]]:
+    """Parse and convert JSONL lines, recording per-line errors in `report`.
+
+    `check_example` sees each converted example as training will (system prompt injected) and
+    returns an error message or None: the chat template's own refusals get line numbers too.
+    """
     if wanted not in FORMATS:
         report.fatal.append(f"data_format must be one of {', '.join(FORMATS)}")
         return []
@@ -375,6 +552,10 @@ def parse_lines(lines: Iterable[str], wanted: str, report: DataReport) -> list[t
                     f"record is {source} but line {first_source[1]} is {first_source[0]}; use one format per file",
                 )
                 continue
+        if ex is not None and not errors and check_example is not None:
+            refused = check_example(inject_system_prompt(ex, system_prompt))
+            if refused:
+                errors = [refused]
         for msg in errors:
             report.add_error(lineno, msg)
         if ex is not None and not errors:
@@ -455,6 +636,48 @@ def check_examples(
                 )
 
 
+SNIFF_BYTES = 1 << 16
+
+
+def sniff_file(path: str) -> str | None:
+    """Recognise files that are not JSON Lines (a JSON array, CSV/TSV); a message saying what to do, else None.
+
+    Done before line parsing so that such a file gets one clear message instead of one
+    "invalid JSON" error per line.
+    """
+    with open(path, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
+    text = head.decode("utf-8", errors="replace").lstrip()
+    if not text:
+        return None
+    if text.startswith("["):
+        count = ""
+        try:
+            with open(path, encoding="utf-8-sig") as f:
+                whole = json.load(f)
+            if isinstance(whole, list):
+                count = f" of {len(whole)} records"
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            pass
+        return (
+            f"the file is one JSON array{count}, not JSON Lines: write one JSON object per line "
+            "(for example `jq -c '.[]' data.json > data.jsonl`)"
+        )
+    first = text.splitlines()[0]
+    if first.startswith("{"):
+        return None
+    for sep, name in ((",", "CSV"), ("\t", "TSV"), (";", "CSV")):
+        if sep in first:
+            columns = len(first.split(sep))
+            return (
+                f"the file looks like {name} ({columns} columns in its first line), not JSON Lines: convert each row "
+                f"to one JSON object per line, e.g. {HOW_TO['prompt_completion']} or {HOW_TO['messages']}"
+            )
+    return None
+
+
 def load_jsonl(
     path: str,
     *,
@@ -465,13 +688,19 @@ def load_jsonl(
     seed: int = 42,
     count_tokens: TokenCounter | None = None,
     max_seq_length: int | None = None,
+    check_example: ExampleCheck | None = None,
 ) -> LoadedData:
     """Read, check, convert and split a JSONL dataset; the report says whether it is usable."""
     report = DataReport()
     report.sha256 = sha256_path(path)
+    not_jsonl = sniff_file(path)
+    if not_jsonl:
+        report.fatal.append(not_jsonl)
+        return LoadedData(report, [], [])
     try:
-        with open(path, encoding="utf-8") as f:
-            parsed = parse_lines(f, data_format, report)
+        # utf-8-sig: a byte-order mark (as some Windows editors write) is accepted and dropped.
+        with open(path, encoding="utf-8-sig") as f:
+            parsed = parse_lines(f, data_format, report, check_example, system_prompt)
     except UnicodeDecodeError as e:
         report.fatal.append(f"the file is not UTF-8 (byte offset {e.start}); save it as UTF-8 JSON Lines")
         return LoadedData(report, [], [])
@@ -487,14 +716,19 @@ def load_jsonl(
     validation: list[Example]
     if validation_path:
         vreport = DataReport()
-        with open(validation_path, encoding="utf-8") as f:
-            vparsed = parse_lines(f, data_format, vreport)
+        not_jsonl = sniff_file(validation_path)
+        if not_jsonl:
+            vreport.fatal.append(not_jsonl)
+            vparsed = []
+        else:
+            with open(validation_path, encoding="utf-8-sig") as f:
+                vparsed = parse_lines(f, data_format, vreport, check_example, system_prompt)
         for e in vreport.errors:
             report.add_error(e.line, f"validation file: {e.message}")
         report.errors_total += vreport.errors_total - len(vreport.errors)
         report.fatal.extend(f"validation file: {m}" for m in vreport.fatal)
         validation = [inject_system_prompt(ex, system_prompt) for _, ex in vparsed]
-        if not validation and not vreport.errors_total:
+        if not validation and not vreport.errors_total and not vreport.fatal:
             report.fatal.append("validation file: no examples")
         train = examples
         report.validation_source = "file"

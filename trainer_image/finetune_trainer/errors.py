@@ -128,15 +128,27 @@ def classify(exc: BaseException, context: dict[str, Any] | None = None) -> Train
     return TrainerError(f"unexpected error: {type(exc).__name__}: {str(exc)[:500]}")
 
 
+def in_pod() -> bool:
+    """A Kubernetes container: the service environment is set and the kubelet mounted the termination log."""
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and os.path.isfile(TERMINATION_LOG_DEFAULT)
+
+
 def termination_path() -> str | None:
-    """The termination log; per-rank files under the multi-GPU launcher; None for ranks > 0 otherwise."""
+    """The termination log; per-rank files under the multi-GPU launcher; None for ranks > 0 otherwise.
+
+    /dev/termination-log only inside a pod: elsewhere (a laptop, a CI job running as root) the
+    trainer must not create files under /dev; $FINETUNE_TERMINATION_LOG names one explicitly.
+    """
     rank = os.environ.get("RANK")
     rank_dir = os.environ.get("FINETUNE_RANK_TERMINATION_DIR")
     if rank is not None and rank_dir:
         return os.path.join(rank_dir, f"rank-{rank}.json")
     if rank not in (None, "0"):
         return None  # plain torchrun: rank 0 speaks for the job
-    return os.environ.get("FINETUNE_TERMINATION_LOG", TERMINATION_LOG_DEFAULT)
+    explicit = os.environ.get("FINETUNE_TERMINATION_LOG")
+    if explicit:
+        return explicit
+    return TERMINATION_LOG_DEFAULT if in_pod() else None
 
 
 def write_termination_text(text: str) -> None:

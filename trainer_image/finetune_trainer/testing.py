@@ -119,3 +119,54 @@ def build_tiny_model(out_dir: str, *, vocab_size: int = 400, seed: int = 0) -> s
     model = LlamaForCausalLM(config)
     model.save_pretrained(out_dir)
     return out_dir
+
+
+def with_chat_template(model_dir: str, out_dir: str, chat_template: str, max_positions: int | None = None) -> str:
+    """A copy of a (tiny) model directory whose tokenizer ships another stock chat template.
+
+    `max_positions` raises the context (rotary positions need no new weights), for templates
+    whose fixed text (a tools preamble) alone exceeds the tiny model's 256 positions.
+    """
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(model_dir, out_dir, dirs_exist_ok=True)
+    if max_positions:
+        path = os.path.join(out_dir, "config.json")
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        config["max_position_embeddings"] = max_positions
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    tok.chat_template = chat_template
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def tool_chat_records(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """OpenAI-style tool calling: a tools list, an assistant tool call with null content, a tool result,
+    content as text parts, and a weight-0 draft answer that must not be trained on."""
+    tools = [{"type": "function", "function": {"name": "add", "description": "Add two numbers.",
+                                               "parameters": {"type": "object", "properties": {
+                                                   "a": {"type": "integer"}, "b": {"type": "integer"}}}}}]
+    out = []
+    for i, (q, a) in enumerate(arithmetic_pairs(n, seed)):
+        x, y = (WORDS.index(w) for w in q.removeprefix("What is ").removesuffix("?").split(" plus "))
+        call_id = f"call{i:05d}"
+        out.append({
+            "tools": tools,
+            "messages": [
+                {"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": [{"type": "text", "text": q}]},
+                {"role": "assistant", "content": "I am not sure.", "weight": 0},
+                {"role": "user", "content": "Use the tool."},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": call_id, "type": "function",
+                     "function": {"name": "add", "arguments": json.dumps({"a": x, "b": y})}}]},
+                {"role": "tool", "tool_call_id": call_id, "content": a},
+                {"role": "assistant", "content": a},
+            ],
+        })
+    return out

@@ -15,7 +15,7 @@ from .checkpoints import InterruptFlag, latest_checkpoint, load_test_hooks, make
 from .config import Config, parse_config, resolve_compute_dtype
 from .data import DataReport
 from .errors import ConfigError, DataError, ExitCode, Interrupted, classify, write_termination
-from .job import prepare, s3_client_for, work_dir_for
+from .job import masking_report, prepare, s3_client_for, tokenize_conversation, work_dir_for, zero_weight_messages
 from .manifest import jsonable, library_versions, peak_gpu_memory
 from .progress import ProgressReporter, decimal_str
 from .runstore import open_run_store
@@ -77,6 +77,26 @@ def make_progress_callback(progress: ProgressReporter, is_main: bool) -> Any:
     return ProgressCallback()
 
 
+def check_gpus(expected: int) -> None:
+    """Fail at once when the pod was given GPUs but CUDA sees fewer (never train on the CPU by accident)."""
+    if expected <= 0:
+        return
+    import torch
+
+    seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if seen >= expected:
+        return
+    if seen == 0 and load_test_hooks().get("allow_cpu_without_gpu"):
+        # Only the local cluster's stand-in image sets this (localcluster/images.yaml), never the real image.
+        log.warning("expect_gpus is %d but CUDA sees no GPU: training on the CPU (test hook allow_cpu_without_gpu)", expected)
+        return
+    raise ConfigError(
+        f"expect_gpus: the pod was given {expected} GPU(s) but CUDA sees {seen}: the node's NVIDIA driver is "
+        "missing or too old for the image's CUDA 13 build (580 series or newer; check nvidia-smi on the node), "
+        "or the NVIDIA device plugin / container toolkit did not expose the GPUs to the container"
+    )
+
+
 def run_training(cfg: Config, argv: list[str]) -> int:
     """Train, checkpoint, upload; returns the exit code (errors raise TrainerError subclasses)."""
     flag = InterruptFlag()
@@ -92,6 +112,7 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
     rank, local_rank, world = _dist_info()
     is_main = rank == 0
     started = time.time()
+    check_gpus(job.expect_gpus)
 
     store = open_run_store(job.run_prefix, s3_client_for(cfg))
     if store.exists(MANIFEST):
@@ -141,12 +162,14 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         shutil.rmtree(sft.output_dir)  # only the run store's complete checkpoints count
 
     fmt = report.format
-    if fmt == "messages" and prep.template.marked:
-        sft.assistant_only_loss, masking = True, "assistant_only"
-    elif fmt == "prompt_completion" and sft.completion_only_loss is not False:
-        sft.completion_only_loss, masking = True, "completion_only"
-    else:
-        sft.assistant_only_loss, masking = False, "none"
+    zero_weight = sum(zero_weight_messages(ex) for ex in prep.data.train)
+    loss = masking_report(fmt, prep.template, job.train_on_inputs, zero_weight)
+    masking = loss["mode"]
+    # Conversations are tokenized here (tools, per-message weight); TRL builds labels from their masks.
+    sft.assistant_only_loss = False
+    sft.completion_only_loss = masking == "completion_only"
+    progress.update(lossMasking=masking, chatTemplate=loss["chatTemplate"])
+    log.info("loss masking: %s", json.dumps(loss, sort_keys=True))
 
     quant = get_quantization_config(cfg.model)
     compute_dtype = _torch_dtype(dtype_name)
@@ -191,8 +214,26 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         ),
         make_progress_callback(progress, is_main),
     ]
-    train_ds = Dataset.from_list(prep.data.train)
-    eval_ds = Dataset.from_list(prep.data.validation) if prep.data.validation else None
+    def as_dataset(examples: list[dict[str, Any]]) -> Any:
+        if fmt != "messages":
+            return Dataset.from_list(examples)
+        return Dataset.from_list([
+            tokenize_conversation(prep.tokenizer, ex, marked=prep.template.marked, train_on_inputs=job.train_on_inputs)
+            for ex in examples
+        ])
+
+    train_ds = as_dataset(prep.data.train)
+    eval_ds = as_dataset(prep.data.validation) if prep.data.validation else None
+    if fmt == "messages" and sft.max_length and not sft.packing:
+        # TRL drops examples whose trained tokens all fall past max_length: say so, never silently.
+        lost = sum(1 for m in train_ds["assistant_masks"] if 1 not in m[: sft.max_length])
+        if lost:
+            msg = (f"{lost} of {len(train_ds)} training examples have no trained token within max_length "
+                   f"{sft.max_length} and are left out; raise max_length")
+            report.warnings.append(msg)
+            log.warning(msg)
+            if lost == len(train_ds):
+                raise DataError(msg.replace("are left out", "so nothing would be trained"), data=report.summary())
     trainer = SFTTrainer(
         model=model,
         args=sft,
@@ -203,6 +244,11 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         callbacks=callbacks,
     )
     shape = {"per_device_train_batch_size": sft.per_device_train_batch_size, "max_length": sft.max_length}
+    columns = trainer.train_dataset.column_names or []
+    # Tokens that carry loss in one pass over the data: what the masking really left to learn from.
+    trained_tokens = (
+        sum(sum(1 for t in row if t != -100) for row in trainer.train_dataset["labels"]) if "labels" in columns else None
+    )
 
     baseline = None
     if eval_ds is not None:
@@ -242,6 +288,10 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
     adapter_dir = os.path.join(prep.work_dir, "adapter")
     shutil.rmtree(adapter_dir, ignore_errors=True)
     trainer.save_model(adapter_dir)
+    # The adapter ships the model's own template: the marked one renders the same text, but serving
+    # stacks need not know the {% generation %} extension.
+    if prep.template.stock:
+        prep.tokenizer.chat_template = prep.template.stock
     prep.tokenizer.save_pretrained(adapter_dir)
     # A pickle of TrainingArguments: not needed to use the adapter, and not safe to load.
     with contextlib.suppress(FileNotFoundError):
@@ -267,7 +317,8 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         },
         "systemPrompt": job.system_prompt or None,
         "lossMasking": masking,
-        "chatTemplate": {"family": prep.template.family, "marked": prep.template.marked},
+        "lossMaskingDetails": loss,
+        "chatTemplate": prep.template.to_json(),
         "hyperparameters": jsonable(
             {
                 "computeDtype": dtype_name,
@@ -292,6 +343,9 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
             "globalStep": trainer.state.global_step,
             "resumedFromStep": resume.step if resume else None,
             "tokens": int(num_tokens) if num_tokens is not None else None,
+            "trainedTokensPerEpoch": trained_tokens,
+            # Read from the model, not the config: proof that checkpointing really ran (the estimate assumes it).
+            "activationCheckpointing": activation_checkpointing_on(trainer.model),
             "runtimeSeconds": round(time.time() - started, 3),
             "trainRuntimeSeconds": result.metrics.get("train_runtime"),
             "warnings": warnings,
@@ -313,10 +367,19 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         adapter=adapter_report(prep.store, manifest),
         baselineEvalLoss=baseline,
         finalEvalLoss=final,
+        lossMasking=loss,
         warnings=warnings[:5],
     )
     _end(trainer)
     return 0
+
+
+def activation_checkpointing_on(model: Any) -> bool:
+    """Whether the (PEFT-wrapped) model runs with activation checkpointing."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    # transformers 5 renamed the property (the old name warns).
+    on = getattr(inner, "is_activation_checkpointing", None)
+    return bool(on if on is not None else getattr(inner, "is_gradient_checkpointing", False))
 
 
 def adapter_report(store: Any, manifest: dict[str, Any]) -> dict[str, Any]:

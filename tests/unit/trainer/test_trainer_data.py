@@ -53,7 +53,7 @@ BAD = {
     ),
     "wrong type": (
         _with({6: json.dumps({"messages": [{"role": "user", "content": 7}, {"role": "assistant", "content": "a"}]})}),
-        [(6, "messages[0].content must be a string, got integer")],
+        [(6, "messages[0].content must be a string or an array of text parts, got integer")],
     ),
     "ends with user": (
         _with({7: json.dumps({"messages": [{"role": "user", "content": "q"}]})}),
@@ -67,6 +67,61 @@ BAD = {
     ),
     "messages not a list": (_with({9: json.dumps({"messages": "hello"})}), [(9, "messages must be an array, got string")]),
     "unknown shape": (_with({10: json.dumps({"question": "q", "answer": "a"})}), [(10, "no known format (keys: answer, question)")]),
+    "image part": (
+        _with({4: json.dumps({"messages": [
+            {"role": "user", "content": [{"type": "text", "text": "what is this"},
+                                         {"type": "image_url", "image_url": {"url": "http://x/" + SECRET}}]},
+            {"role": "assistant", "content": "a cat"}]})}),
+        [(4, "messages[0].content[1] is an image_url part; this trainer fine-tunes text-only models")],
+    ),
+    "weight on a user message": (
+        _with({5: json.dumps({"messages": [{"role": "user", "content": "q", "weight": 0},
+                                           {"role": "assistant", "content": "a"}]})}),
+        [(5, "messages[0].weight is only meaningful on assistant messages")],
+    ),
+    "weight not 0 or 1": (
+        _with({5: json.dumps({"messages": [{"role": "user", "content": "q"},
+                                           {"role": "assistant", "content": "a", "weight": 0.5}]})}),
+        [(5, "messages[1].weight must be 0 (not trained on) or 1 (trained on)")],
+    ),
+    "every assistant weight 0": (
+        _with({5: json.dumps({"messages": [{"role": "user", "content": "q"},
+                                           {"role": "assistant", "content": "a", "weight": 0}]})}),
+        [(5, "messages: every assistant message has weight 0")],
+    ),
+    "tool call arguments not JSON": (
+        _with({3: json.dumps({"messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{" + SECRET}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "r"},
+            {"role": "assistant", "content": "a"}]})}),
+        [(3, "messages[1].tool_calls[0].function.arguments is not valid JSON")],
+    ),
+    "tool message without a call": (
+        _with({3: json.dumps({"messages": [
+            {"role": "user", "content": "q"}, {"role": "tool", "tool_call_id": "c1", "content": "r"},
+            {"role": "assistant", "content": "a"}]})}),
+        [(3, "messages[1] has role tool but does not follow an assistant message with tool_calls")],
+    ),
+    "tool_call_id unknown": (
+        _with({3: json.dumps({"messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c2", "content": "r"},
+            {"role": "assistant", "content": "a"}]})}),
+        [(3, "messages[2].tool_call_id matches no earlier tool_calls[].id")],
+    ),
+    "null content without tool calls": (
+        _with({3: json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]})}),
+        [(3, "messages[1].content must be a string or an array of text parts, got null")],
+    ),
+    "tools not a list": (
+        _with({3: json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+                              "tools": {"name": "f"}})}),
+        [(3, "tools must be a non-empty array of function definitions")],
+    ),
     "mixed formats": (
         _with({11: json.dumps({"prompt": "p", "completion": "c"})}),
         [(11, "record is prompt_completion but line 1 is messages; use one format per file")],
@@ -193,3 +248,85 @@ def test_validate_data_command(tmp_path):
     assert refused.returncode == 10
     report = json.loads(refused.stdout)
     assert report["verdict"] == "unusable" and report["errors"][0]["line"] == 13
+
+
+TOOL_CHAT = {
+    "messages": [
+        {"role": "system", "content": "You can look up the weather."},
+        {"role": "user", "content": [{"type": "text", "text": "Weather in "}, {"type": "text", "text": "Paris?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"},
+        {"role": "assistant", "content": "21 degrees.", "weight": 1},
+    ],
+    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+}
+
+
+def test_openai_tool_calling_parts_and_weights_are_accepted(tmp_path):
+    records = [TOOL_CHAT] * 12 + [{"messages": [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "draft", "weight": 0},
+        {"role": "user", "content": "again"}, {"role": "assistant", "content": "final"}]}]
+    loaded = _load(tmp_path, records, validation_split=0)
+    assert loaded.report.usable, loaded.report.to_json()
+    ex = loaded.train[0]
+    assert ex["tools"] == TOOL_CHAT["tools"]
+    assert ex["messages"][1]["content"] == "Weather in Paris?"  # text parts joined
+    call = ex["messages"][2]
+    assert call["content"] is None and call["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
+    assert ex["messages"][3] == {"role": "tool", "content": '{"temp": 21}', "tool_call_id": "call_1"}
+    assert [m.get("weight") for m in loaded.train[-1]["messages"]] == [None, 0, None, None]
+
+
+def test_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(GOOD).encode() + b"\n")
+    report = load_jsonl(str(path)).report
+    assert report.usable and report.examples == 12 and report.errors_total == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (json.dumps([json.loads(line) for line in GOOD], indent=2), "the file is one JSON array of 12 records, not JSON Lines"),
+        ("[" + ",".join(GOOD) + "]", "the file is one JSON array of 12 records"),
+        ("prompt,completion\n" + "\n".join(f"q{i},a{i}" for i in range(30)), "the file looks like CSV (2 columns"),
+        ("prompt\tcompletion\n" + "\n".join(f"q{i}\ta{i}" for i in range(30)), "the file looks like TSV (2 columns"),
+    ],
+)
+def test_json_array_and_csv_are_named_with_what_to_do(tmp_path, body, says):
+    path = tmp_path / "data.jsonl"
+    path.write_text(body)
+    report = load_jsonl(str(path)).report
+    assert not report.usable and report.errors_total == 0  # one message, not one per line
+    assert len(report.fatal) == 1 and report.fatal[0].startswith(says), report.fatal
+    assert "JSON object per line" in report.fatal[0]
+
+
+def test_validate_data_on_a_missing_path_or_a_uri_is_a_clear_config_error(tmp_path):
+    cmd = [sys.executable, "-m", "finetune_trainer", "validate-data"]
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("FINETUNE_TERMINATION_LOG", "KUBERNETES_SERVICE_HOST")}
+    for target, says in ((str(tmp_path / "nope.jsonl"), "no such file"), ("s3://bucket/data.jsonl", "'s3://' URIs are not fetched")):
+        out = subprocess.run([*cmd, target], capture_output=True, text=True, env=env)
+        assert out.returncode == 11, out.stderr
+        assert says in out.stderr and "Traceback" not in out.stderr
+
+
+def test_help_lists_the_subcommands_and_writes_no_termination_log(tmp_path, monkeypatch):
+    from finetune_trainer import errors
+
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("FINETUNE_TERMINATION_LOG", "KUBERNETES_SERVICE_HOST")}
+    out = subprocess.run([sys.executable, "-m", "finetune_trainer", "--help"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0
+    for command in ("train", "inspect", "validate-data"):
+        assert command in out.stdout
+    # Outside a pod (no service environment, no kubelet-mounted file) nothing is written, even as root.
+    monkeypatch.delenv("FINETUNE_TERMINATION_LOG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert errors.termination_path() is None
+    missing = tmp_path / "termination-log"
+    monkeypatch.setattr(errors, "TERMINATION_LOG_DEFAULT", str(missing))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    assert errors.termination_path() is None  # the service environment alone is not a pod
+    missing.write_text("")
+    assert errors.termination_path() == str(missing)

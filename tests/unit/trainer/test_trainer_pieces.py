@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from finetune_trainer.chat_templates import choose_template, has_generation_markers
 from finetune_trainer.checkpoints import complete_checkpoints, prune
 from finetune_trainer.errors import (
     ExitCode,
@@ -127,32 +126,6 @@ def test_termination_message_fits_4k():
     assert out["class"] == "DataError" and out["message"]
 
 
-def test_marked_templates_for_supported_families():
-    chatml = "{% for m in messages %}<|im_start|>{{ m['role'] }}{% endfor %}"
-    llama3 = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>{% endfor %}"
-    for stock, family in ((chatml, "chatml"), (llama3, "llama3")):
-        choice = choose_template(stock)
-        assert choice.family == family and choice.marked and has_generation_markers(choice.template)
-    assert choose_template("{% for m in messages %}{{ m['content'] }}{% endfor %}").marked is False
-    assert choose_template(None, {"<|im_start|>"}).family == "chatml"
-
-
-def test_llama3_template_masks_only_assistant_turns():
-    from transformers import PreTrainedTokenizerFast
-    from tokenizers import Tokenizer, models, pre_tokenizers
-
-    tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>")
-    fast.chat_template = choose_template("<|start_header_id|>").template
-    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
-    text = fast.apply_chat_template(msgs, tokenize=False)
-    assert text == (
-        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nq<|eot_id|>"
-        "<|start_header_id|>assistant<|end_header_id|>\n\na<|eot_id|>"
-    )
-
-
 def test_prune_keeps_newest_complete_and_newer_partial(tmp_path: Path):
     store = LocalRunStore(str(tmp_path))
     for step in (2, 4, 6, 8):
@@ -208,3 +181,31 @@ def test_only_rank_zero_writes_under_plain_torchrun(monkeypatch, tmp_path):
     monkeypatch.setenv("FINETUNE_RANK_TERMINATION_DIR", str(tmp_path))
     monkeypatch.setenv("RANK", "1")
     assert termination_path() == str(tmp_path / "rank-1.json")
+
+
+def test_a_pod_given_gpus_that_sees_none_fails_at_once(monkeypatch):
+    import torch
+
+    from finetune_trainer.errors import ConfigError
+    from finetune_trainer.train import check_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("FINETUNE_TRAINER_TEST_HOOKS", raising=False)
+    check_gpus(0)  # CPU jobs (and inspection) never need one
+    with pytest.raises(ConfigError) as err:
+        check_gpus(1)
+    assert err.value.code == 11
+    assert "NVIDIA driver" in err.value.message and "device plugin" in err.value.message
+    # Only the local cluster's stand-in image sets this switch.
+    monkeypatch.setenv("FINETUNE_TRAINER_TEST_HOOKS", json.dumps({"allow_cpu_without_gpu": True}))
+    check_gpus(1)
+
+
+def test_the_real_image_never_sets_the_cpu_switch():
+    root = Path(__file__).resolve().parents[3]
+    assert "allow_cpu_without_gpu" not in (root / "trainer_image" / "Dockerfile").read_text()
+    import yaml
+
+    images = yaml.safe_load((root / "localcluster" / "images.yaml").read_text())["images"]
+    stand_in = images["ghcr.io/finetune-operator/trainer[:@]*"]
+    assert json.loads(stand_in["env"]["FINETUNE_TRAINER_TEST_HOOKS"])["allow_cpu_without_gpu"] is True
