@@ -58,3 +58,12 @@ def test_harness_keeps_argo_cds_contract(binary: Path, tmp_path: Path) -> None:
     assert "error" in run('return {status = "Healthy", message = tostring(math.floor(1.5))}')
     # Argo CD stops a check after one second.
     assert "error" in run("while true do end")
+
+
+def test_docs_give_argo_cds_key_and_the_shipped_file() -> None:
+    """argocd-cm keys are resource.customizations.health.<group>_<kind>; the docs point at the chart's file."""
+    install = (luahealth.REPO / "docs" / "install.md").read_text()
+    rel = luahealth.HEALTH_LUA.relative_to(luahealth.REPO / "charts" / "finetune-operator")
+    assert "resource.customizations.health.finetune.dev_FineTuneJob" in install
+    assert str(rel) in install and luahealth.HEALTH_LUA.is_file()
+    assert luahealth.CHECK_DIR.parts[-2:] == ("finetune.dev", "FineTuneJob")  # Argo CD's <group>/<kind> layout
