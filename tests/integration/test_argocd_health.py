@@ -5,7 +5,7 @@ failure class; a watch captures every version of each object (so no status write
 and the check must give each the health and message Argo CD should show.
 
 ``FTO_ARGOCD_CAPTURE_DIR=DIR`` also writes one captured object per (state, reason) there, to
-refresh the check's ``testdata/`` from the real operator.
+refresh the check's ``testdata/`` from the real operator (its ``operator_*.yaml`` cases came from here).
 """
 
 from __future__ import annotations
