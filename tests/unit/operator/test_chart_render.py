@@ -247,7 +247,7 @@ def test_every_value_reaches_the_rendered_objects(helm: Path, tmp_path: Path) ->
                                    "allowed_endpoints": c["s3"]["allowedEndpoints"]}
     assert cfg.allow_trust_remote_code is True
     assert cfg.vram_headroom == "0.05"
-    assert cfg.namespaces == c["namespaces"]
+    assert cfg.namespaces == [*c["namespaces"], NAMESPACE]  # the Lease's namespace must be watched too
     assert cfg.max_concurrent_jobs == 1000000  # not 1e+06: numbers from values files are floats in Go templates
     assert cfg.termination_grace_period_seconds == 300
     assert cfg.workload_identity_annotations == c["workloadIdentityAnnotations"]
