@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: all venv control-plane tools test test-unit cluster-up cluster-down demo crds lint clean
+.PHONY: all venv control-plane tools luahealth test test-unit cluster-up cluster-down demo crds lint clean
 
 all: test
 
@@ -31,10 +31,14 @@ control-plane: venv
 tools:
 	bash charts/build-helm.sh >/dev/null
 
-test: venv control-plane tools
+# The Argo CD health check's harness (gopher-lua, pinned in tools/luahealth/go.sum), cached by its sources' hash.
+luahealth:
+	bash tools/luahealth/build.sh >/dev/null
+
+test: venv control-plane tools luahealth
 	$(BIN)/python -m pytest -p no:cacheprovider tests
 
-test-unit: venv tools
+test-unit: venv tools luahealth
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
 cluster-up: venv control-plane

@@ -23,6 +23,8 @@ class LocalImage:
     entrypoint: list[str] = field(default_factory=list)
     cmd: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    # Port name → the variable the program reads that port from (see localcluster.probes).
+    port_env: dict[str, str] = field(default_factory=dict)
 
     def path(self) -> str:
         """PATH for the container: the venv's bin dir first for venv images."""
@@ -58,6 +60,7 @@ class ImageTable:
                     entrypoint=[str(x) for x in e.get("entrypoint") or []],
                     cmd=[str(x) for x in e.get("cmd") or []],
                     env={str(k): str(v) for k, v in (e.get("env") or {}).items()},
+                    port_env={str(k): str(v) for k, v in (e.get("portEnv") or {}).items()},
                 )
             )
 

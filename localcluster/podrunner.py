@@ -33,6 +33,7 @@ from localcluster import podexec
 from localcluster.fleet import NodeSpec
 from localcluster.images import ImageTable, LocalImage
 from localcluster import memlimit
+from localcluster import probes as probing
 from localcluster.memlimit import ContainerCgroup, MemoryLimiter, session_rss_bytes
 from localcluster.nodes import NODE_IP
 from localcluster.podfiles import NotReadyError, PodFiles, expand, mounts
@@ -73,6 +74,11 @@ class ContainerState:
     state: Obj = field(default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}})
     last_state: Obj = field(default_factory=dict)
     run: Run | None = None
+    probes: probing.ContainerProbes | None = None
+    kill_at: float | None = None  # SIGKILL deadline after a failed liveness/startup probe
+
+    def ready(self) -> bool:
+        return "running" in self.state and (self.probes is None or self.probes.ready())
 
     def status(self, pod_uid: str) -> Obj:
         running = "running" in self.state
@@ -85,8 +91,8 @@ class ContainerState:
             "image": self.image,
             "imageID": f"localcluster://{self.image}",
             "containerID": f"localcluster://{pod_uid}/{self.name}/{self.restart_count}" if self.run else None,
-            "ready": running,
-            "started": running,
+            "ready": self.ready(),
+            "started": running and (self.probes is None or self.probes.started()),
             "restartCount": self.restart_count,
             "state": full_state,
             "lastState": last,
@@ -116,6 +122,7 @@ class PodWorker(threading.Thread):
         self.start_time = now()
         self._volumes: dict[str, Path] = {}
         self._refresh_at = float("inf")
+        self.port_maps: dict[str, dict[int, int]] = {}  # container → containerPort → host port
 
     # --- status ------------------------------------------------------------------------
 
@@ -131,7 +138,7 @@ class PodWorker(threading.Thread):
 
     def post(self) -> None:
         """Patch the pod's status (strategic merge: conditions by type, containers by name)."""
-        all_running = all("running" in c.state for c in self.containers)
+        all_running = all(c.ready() for c in self.containers)
         terminal = self.phase in ("Succeeded", "Failed")
         self._cond("PodReadyToStartContainers", not terminal)
         self._cond("Initialized", all("terminated" in c.state for c in self.init_containers) or self.phase != "Pending")
@@ -345,9 +352,14 @@ class PodWorker(threading.Thread):
             "KUBERNETES_PORT": f"tcp://127.0.0.1:{self.runner.api_port}",
             **img.env,
         }
+        if c["name"] not in self.port_maps:
+            self.port_maps[c["name"]] = probing.allocate_ports(c, img.port_env)
+            self._annotate_ports()
+        mapping = self.port_maps[c["name"]]
         while True:
             try:
                 env = self.runner.files.env(self.pod, c, base)
+                env.update(probing.port_env_values(c, img.port_env, mapping))
                 mnts = mounts(c, self._volumes)
                 break
             except NotReadyError as e:
@@ -390,6 +402,8 @@ class PodWorker(threading.Thread):
         run.started_at = now()
         st.run = run
         st.state = {"running": {"startedAt": run.started_at}}
+        st.probes = probing.ContainerProbes(c, mapping) if any(f"{k}Probe" in c for k in ("startup", "liveness", "readiness")) else None
+        st.kill_at = None
         self.runner.track(run.proc.pid)
         return True
 
@@ -400,20 +414,55 @@ class PodWorker(threading.Thread):
                 return
             self._maybe_refresh_tokens()
             exited = False
+            changed = False
             for st in states:
                 run = st.run
                 if run is None or run.proc is None or "terminated" in st.state:
                     continue
                 self._enforce_memory(run)
+                changed = self._probe(st, run) or changed
                 if run.proc.poll() is not None:
                     self._record_exit(st)
                     exited = True
-            if exited:
+            if exited or changed:
                 self.post()
             live = [s for s in states if "running" in s.state]
             if not live or (any_exit and exited):
                 return
             time.sleep(TICK)
+
+    def _probe(self, st: ContainerState, run: Run) -> bool:
+        """Run the container's due probes; True when its readiness changed. A failed liveness or
+        startup probe stops the container (SIGTERM, SIGKILL after the grace period) and the
+        restart policy restarts it, as the kubelet does."""
+        assert run.proc is not None
+        if st.kill_at is not None:
+            if time.monotonic() >= st.kill_at:
+                _kill_session(run.proc.pid)
+            return False
+        if st.probes is None:
+            return False
+        changed, kill = st.probes.tick(NODE_IP)
+        if kill:
+            log.warning("%s: container %s %s; killing it", self.name, st.name, kill)
+            grace = self.pod["spec"].get("terminationGracePeriodSeconds")
+            st.kill_at = time.monotonic() + float(30 if grace is None else grace)
+            try:
+                os.kill(run.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return changed
+
+    def _annotate_ports(self) -> None:
+        """Record the host ports given to declared containerPorts (pods share the host network)."""
+        flat = {str(k): v for m in self.port_maps.values() for k, v in m.items()}
+        if not flat:
+            return
+        try:
+            self.runner.core.patch_namespaced_pod(self.pod_name, self.ns, {"metadata": {"annotations": {
+                probing.HOST_PORTS_ANNOTATION: json.dumps(flat, sort_keys=True)}}})
+        except ApiException as e:
+            log.warning("%s: cannot record host ports: %s %s", self.name, e.status, e.reason)
 
     def _enforce_memory(self, run: Run) -> None:
         if run.limit is None or run.proc is None or run.oom:

@@ -10,3 +10,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
+{{- define "finetune-operator.selectorLabels" -}}
+app.kubernetes.io/name: finetune-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}

@@ -78,10 +78,16 @@ def render(helm: Path, tmp_path: Path, values: dict[str, Any] | None = None, *ex
 
 
 def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One object per kind; the aggregated ClusterRoles (``-edit``/``-view``) are keyed by their label."""
     kinds: dict[str, dict[str, Any]] = {}
     for obj in objects:
-        assert obj["kind"] not in kinds, f"two {obj['kind']} objects rendered"
-        kinds[obj["kind"]] = obj
+        key = obj["kind"]
+        labels = obj["metadata"].get("labels") or {}
+        for role in ("edit", "view"):
+            if key == "ClusterRole" and labels.get(f"rbac.authorization.k8s.io/aggregate-to-{role}") == "true":
+                key = f"ClusterRole/{role}"
+        assert key not in kinds, f"two {key} objects rendered"
+        kinds[key] = obj
     return kinds
 
 
@@ -102,8 +108,11 @@ FULL: dict[str, Any] = {
     "crds": {"enabled": True, "keep": False},
     "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}, "limits": {"memory": "600Mi"}},
     "serviceAccount": {"create": True, "name": "fto-sa", "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/fto"}},
-    "metrics": {"port": 9191},
+    "metrics": {"port": 9191, "service": {"enabled": True},
+                "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}},
     "health": {"port": 8181},
+    "rbac": {"aggregateToDefaultRoles": True},
+    "networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
     "config": {
         "trainerImage": "registry.example/fto/trainer:9.9.9",
         "allowedTrainerImages": ["registry.example/fto/trainer:9.9.8"],
@@ -156,7 +165,7 @@ def test_full_values_set_every_schema_key() -> None:
     for key in _leaves(_schema()):
         # FULL keeps the CRD and the ServiceAccount to see their other keys; false is covered by
         # test_crds_disabled and test_existing_service_account.
-        if key in ("crds.enabled", "serviceAccount.create"):
+        if key in ("crds.enabled", "serviceAccount.create", "metrics.service.enabled", "rbac.aggregateToDefaultRoles"):
             continue
         assert _get(FULL, key) != _get(defaults, key), f"{key}: FULL must set it to a non-default value"
 
@@ -193,7 +202,7 @@ def test_lint_strict(helm: Path, tmp_path: Path) -> None:
 def test_defaults_render(helm: Path, tmp_path: Path) -> None:
     objects = by_kind(render(helm, tmp_path))
     assert set(objects) == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment",
-                            "CustomResourceDefinition"}
+                            "CustomResourceDefinition", "Service", "ClusterRole/edit", "ClusterRole/view", "Lease"}
     for obj in objects.values():
         if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"):
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
@@ -238,7 +247,7 @@ def test_every_value_reaches_the_rendered_objects(helm: Path, tmp_path: Path) ->
                                    "allowed_endpoints": c["s3"]["allowedEndpoints"]}
     assert cfg.allow_trust_remote_code is True
     assert cfg.vram_headroom == "0.05"
-    assert cfg.namespaces == c["namespaces"]
+    assert cfg.namespaces == [*c["namespaces"], NAMESPACE]  # the Lease's namespace must be watched too
     assert cfg.max_concurrent_jobs == 1000000  # not 1e+06: numbers from values files are floats in Go templates
     assert cfg.termination_grace_period_seconds == 300
     assert cfg.workload_identity_annotations == c["workloadIdentityAnnotations"]
@@ -336,3 +345,43 @@ def test_schema_rejects(helm: Path, tmp_path: Path, values: dict[str, Any], expe
 def test_kube_version_floor(helm: Path) -> None:
     proc = run_helm(helm, "template", RELEASE, str(CHART), "--kube-version", "1.30.0", check=False)
     assert proc.returncode != 0 and "kubeVersion" in proc.stderr, proc.stderr
+
+
+def test_metrics_service_selects_the_operator_pods(helm: Path, tmp_path: Path) -> None:
+    objects = by_kind(render(helm, tmp_path))
+    svc, dep = objects["Service"], objects["Deployment"]
+    assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"}]
+
+
+def test_optional_service_monitor_and_network_policy(helm: Path, tmp_path: Path) -> None:
+    objects = by_kind(render(helm, tmp_path, FULL))
+    monitor, svc = objects["ServiceMonitor"], objects["Service"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    policy = objects["NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= \
+        objects["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["ingress"][0]["from"] == FULL["networkPolicy"]["metricsFrom"]
+    defaults = by_kind(render(helm, tmp_path))
+    assert "ServiceMonitor" not in defaults and "NetworkPolicy" not in defaults
+
+
+def test_service_monitor_without_the_service_fails_with_the_reason(helm: Path, tmp_path: Path) -> None:
+    path = tmp_path / "v.yaml"
+    path.write_text(yaml.safe_dump({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}}))
+    proc = run_helm(helm, "template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, "--values", str(path), check=False)
+    assert proc.returncode != 0 and "needs metrics.service.enabled" in proc.stderr, proc.stderr
+
+
+def test_aggregated_roles_give_edit_write_and_view_read(helm: Path, tmp_path: Path) -> None:
+    objects = by_kind(render(helm, tmp_path))
+    edit, view = objects["ClusterRole/edit"], objects["ClusterRole/view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert {"create", "delete", "patch"} <= set(edit["rules"][0]["verbs"]) and edit["rules"][0]["resources"] == ["finetunejobs"]
+    assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in view["rules"])
+    assert not any("finetunejobs/status" in r["resources"] and "patch" in r["verbs"] for r in edit["rules"])
+    off = by_kind(render(helm, tmp_path, {"rbac": {"aggregateToDefaultRoles": False}}))
+    assert "ClusterRole/edit" not in off and "ClusterRole/view" not in off
+
