@@ -592,15 +592,8 @@ class Bench:
                                                     "checks_ok")}, indent=1), flush=True)
                 print(json.dumps(r["requests"]["steady_state"] or r["requests"]["whole_run"], indent=1), flush=True)
                 self.write(result)
-                # The next level starts on a quiet API server: wait for the namespace to go.
-                from localcluster.waiting import until
-
-                def gone() -> bool:
-                    return not [x for x in core.list_namespace().items if x.metadata.name == level.ns]
-                try:
-                    until(gone, 300, f"namespace {level.ns} deleted", interval=2)
-                except Exception:  # noqa: BLE001 - a slow deletion only costs the next level some noise
-                    print(f"namespace {level.ns} still terminating", flush=True)
+                if n != args.jobs[-1]:
+                    self.wait_namespace_gone(core, level.ns)
             result["machine"]["loadavg_end"] = os.getloadavg()
             self.write(result)
             return result
@@ -612,6 +605,17 @@ class Bench:
                     left = down(state)
                     if left:
                         print(f"localcluster down left: {left}", flush=True)
+
+    @staticmethod
+    def wait_namespace_gone(core: Any, ns: str, timeout: float = 120) -> None:
+        """The next level starts on a quieter API server: wait (bounded) for the last namespace to go."""
+        t = time.monotonic()
+        while time.monotonic() - t < timeout:
+            if not core.list_namespace(field_selector=f"metadata.name={ns}").items:
+                print(f"namespace {ns} deleted in {time.monotonic() - t:.0f}s", flush=True)
+                return
+            time.sleep(2)
+        print(f"namespace {ns} still terminating after {timeout:.0f}s; going on", flush=True)
 
     def write(self, result: dict[str, Any]) -> None:
         path = self.out / "scale-results.json"

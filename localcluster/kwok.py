@@ -44,7 +44,16 @@ GPU_MIX: tuple[tuple[str, Gpu, str, str], ...] = (
     ("h100-80gb", Gpu("NVIDIA-H100-80GB-HBM3", 81559, 8, 9, 0, "hopper"), "192", "2048Gi"),
 )
 
+# kwok's defaults renew 4 leases at a time: with hundreds of nodes on a loaded API server
+# renewals fall behind the 40 s lease and the node lifecycle controller marks nodes NotReady.
 STAGES = r"""
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokConfiguration
+options:
+  nodeLeaseParallelism: 64
+  nodePlayStageParallelism: 16
+  podPlayStageParallelism: 16
+---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata: {name: node-initialize}
