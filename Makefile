@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: all venv control-plane tools luahealth test test-unit cluster-up cluster-down demo crds lint clean
+.PHONY: all venv control-plane tools luahealth kwok bench-scale test test-unit cluster-up cluster-down demo crds lint clean
 
 all: test
 
@@ -35,11 +35,20 @@ tools:
 luahealth:
 	bash tools/luahealth/build.sh >/dev/null
 
-test: venv control-plane tools luahealth
+# kwok (pinned, built with go install and cached) simulates the scale bench's GPU nodes.
+kwok:
+	bash localcluster/build-kwok.sh >/dev/null
+
+test: venv control-plane tools luahealth kwok
 	$(BIN)/python -m pytest -p no:cacheprovider tests
 
 test-unit: venv tools luahealth
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
+
+# The operator at platform scale (kwok nodes, simulated trainers); not a test. BENCH_ARGS e.g.
+# "--nodes 50 --jobs 20 --train-seconds 60" or "--operator-src ../other-tree/operator --label after".
+bench-scale: venv control-plane kwok
+	$(BIN)/python bench/scale_bench.py $(BENCH_ARGS)
 
 cluster-up: venv control-plane
 	$(BIN)/python -m localcluster up --with-s3
