@@ -178,7 +178,9 @@ def job_facts(obj: Mapping[str, Any]) -> JobFacts:
     return JobFacts(
         namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""), uid=str(meta.get("uid") or ""),
         owner_uid=owner_uid(obj), suspend=bool((obj.get("spec") or {}).get("suspend")),
-        active=int(status.get("active") or 0), finished=bool(status.get("completionTime")),
+        active=int(status.get("active") or 0),
+        finished=bool(status.get("completionTime")) or any(
+            c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in status.get("conditions") or []),
         conditions=_conditions(status.get("conditions")),
     )
 
@@ -375,10 +377,15 @@ class WorldCache:
             return out
 
     def active_training_jobs(self, namespace: str | None = None) -> int:
-        """Training Jobs that hold (or wait for) a GPU: started and not finished."""
+        """Training Jobs that hold (or wait for) a GPU: not finished, and running or about to.
+
+        A Job created a moment ago has no active pod yet but counts: in a burst of creates the
+        limit must not let every job through before the Job controller catches up.
+        """
         with self._lock:
             return sum(1 for children in self._children.values() for job in children.jobs.values()
-                       if job.active and not job.finished and (namespace is None or job.namespace == namespace))
+                       if not job.finished and (job.active or not job.suspend)
+                       and (namespace is None or job.namespace == namespace))
 
     # nodes
     def put_node(self, obj: Mapping[str, Any]) -> bool:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from finetune_operator import cache as cache_mod
 from finetune_operator import conditions as cond
 from finetune_operator import k8s, naming, observability, reconcile
 from finetune_operator.cache import Key, WorldCache
@@ -84,6 +85,7 @@ class Controller:
         self.budget = WriteBudget(config.progress_interval_seconds, config.status_writes_per_second, clock=clock)
         self.synced = threading.Event()  # kopf's initial lists are all in the caches
         self._specs: dict[tuple[str, int], reconcile.ParsedSpec] = {}
+        self._own: dict[Key, tuple[Any, ...]] = {}  # fingerprint of the status write in flight, per key
         self._nodes_dirty = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -96,9 +98,10 @@ class Controller:
         if deleted:
             self.cache.drop_ftj(*key, uid=meta.get("uid"))
             self.budget.forget(key)
+            self._own.pop(key, None)
             return
-        if self.cache.put_ftj(body):
-            self.queue.add(key, urgent=True)
+        if self.cache.put_ftj(body) and cache_mod.ftj_fingerprint(body) != self._own.get(key):
+            self.queue.add(key, urgent=True)  # news; the echo of our own status write is not
 
     def on_child(self, kind: str, body: Any, deleted: bool = False) -> None:
         meta = body.get("metadata") or {}
@@ -236,6 +239,8 @@ class Controller:
         else:
             self.budget.record(key)
             observability.STATUS_WRITES.labels(kind="change").inc()
+        # Its watch event may arrive before the response: recognise it by what we are writing.
+        self._own[key] = cache_mod.ftj_fingerprint({"metadata": body["metadata"], "status": new})
         try:
             written = k8s.patch_ftj_status(namespace, name, _merge_patch(old, new), body["metadata"].get("resourceVersion"))
         except k8s.ApiError as exc:
