@@ -266,3 +266,21 @@ def test_node_changes_are_batched(body: dict[str, Any], api: FakeApi, clock: Clo
     assert len(ctl.queue) == 0
     ctl.tick(clock.now + 1.0, state)
     assert ctl.queue.stats.adds == 3  # the job's own add, then one per batch
+
+
+def test_a_name_held_by_a_predecessor_waits_instead_of_creating_another(
+        body: dict[str, Any], api: FakeApi, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl = make(clock)
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+
+    def foreign(obj: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+        api.calls.append(("create", obj["kind"]))
+        raise k8s.ForeignObject(f"{obj['kind']} belongs to another owner")
+
+    monkeypatch.setattr(k8s, "ensure", foreign)
+    ctl.on_ftj(body)
+    take(ctl)
+    assert api.writes()[0] == ("create", "ConfigMap")  # the first refusal stops the rest
+    conditions = {c["type"]: c for c in api.objects[("FineTuneJob", "llama-chat")]["status"]["conditions"]}
+    assert conditions["Scheduled"]["reason"] == "WaitingForPredecessor"
+    assert ctl.queue.waiting() == 1  # tried again shortly, without an event
