@@ -16,6 +16,26 @@ FAILED = "Failed"
 
 Condition = dict[str, Any]
 
+# Job states (api.State is the schema's list; these are the names the code uses).
+VALIDATING = "Validating"
+INSPECTING = "Inspecting"
+QUEUED = "Queued"
+RUNNING_STATE = "Running"
+SUSPENDED_STATE = "Suspended"
+SUCCEEDED_STATE = "Succeeded"
+FAILED_STATE = "Failed"
+STATES = (VALIDATING, INSPECTING, QUEUED, RUNNING_STATE, SUCCEEDED_STATE, FAILED_STATE, SUSPENDED_STATE)
+TERMINAL_STATES = (SUCCEEDED_STATE, FAILED_STATE)
+
+# Failure and condition reasons other modules (metrics, the controller) act on.
+INVALID_SPEC = "InvalidSpec"
+UNSCHEDULABLE = "Unschedulable"
+DATA_ERROR = "DataError"
+JOB_DELETED = "JobDeleted"
+ADAPTER_NOT_REPORTED = "AdapterNotReported"
+WAITING_FOR_PREDECESSOR = "WaitingForPredecessor"
+VALIDATION_REASONS = (INVALID_SPEC, UNSCHEDULABLE, DATA_ERROR)
+
 
 def now_rfc3339(now: datetime | None = None) -> str:
     """RFC 3339 UTC timestamp, second precision, as the API server writes them."""

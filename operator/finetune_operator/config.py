@@ -74,7 +74,20 @@ class OperatorConfig(BaseModel):
     lease_namespace: str = "default"
     lease_duration_seconds: int = Field(default=15, ge=5, le=300)
     identity: str = Field(default_factory=lambda: os.environ.get("POD_NAME") or os.uname().nodename)
+    # Every unfinished job is re-planned from the watch caches this often (no API reads).
     resync_seconds: float = Field(default=10.0, gt=0)
+    # Client-side API budget (client-go's QPS/burst; controller-runtime defaults to 20/30).
+    api_qps: float = Field(default=20.0, gt=0, le=1000)
+    api_burst: int = Field(default=30, ge=1, le=2000)
+    # Progress-only status writes: each job at most every N seconds, all jobs at most P per second.
+    progress_interval_seconds: float = Field(default=10.0, ge=0)
+    status_writes_per_second: float = Field(default=10.0, gt=0)
+    # Reconcile workers (threads taking job keys from the work queue).
+    workers: int = Field(default=4, ge=1, le=64)
+    # Node changes are batched this long before waiting jobs are re-planned.
+    node_batch_seconds: float = Field(default=1.0, ge=0)
+    # Metadata-only relist that repairs a watch cache which missed a deletion (0 disables it).
+    relist_seconds: float = Field(default=300.0, ge=0)
 
     @field_validator("vram_headroom")
     @classmethod

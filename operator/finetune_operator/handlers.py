@@ -1,26 +1,35 @@
-"""The only module that uses kopf's decorators; every handler is a few lines over `controller`.
+"""The only module that uses kopf's decorators; every handler is a line or two over `controller`.
 
-All handlers are level-triggered (`on.event` plus one resync thread): kopf keeps no per-handler progress for
-them, so nothing about a job lives in the operator's memory or in kopf's annotations, and a
-replica that becomes leader simply reconciles what it finds.
+kopf's watches feed the caches on every replica (so a standby is warm when it takes over);
+handlers never reconcile: they update a cache and enqueue the job's key, and the workers of
+`controller.Controller` reconcile — only on the leader. The cache feeders are `@kopf.index`
+handlers: kopf calls them before any other handler and holds every other handler back until
+all initial lists are indexed, which is what tells the workers that the caches are complete
+(a reconcile over a half-filled cache would, for one, report a running Job as deleted).
+Deletions come through `on.event` (kopf does not call indexers for them).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import threading
-import time
 from typing import Any
 
 import kopf
 
-from finetune_operator import api, controller, naming, observability
+from finetune_operator import api, k8s, naming, observability
 from finetune_operator.config import OperatorConfig
+from finetune_operator.controller import CHILD_SELECTOR, Controller
 from finetune_operator.leader import LeaderElector
 
 log = logging.getLogger(__name__)
+
+JOBS = ("batch", "v1", "jobs")
+PODS = ("", "v1", "pods")
+CONFIGMAPS = ("", "v1", "configmaps")
+NODES = ("", "v1", "nodes")
+LEASES = ("coordination.k8s.io", "v1", "leases")
+FTJS = (api.GROUP, api.VERSION, api.PLURAL)
+_OURS = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}  # the server-side selector, checked again here
 
 
 class Runtime:
@@ -28,20 +37,21 @@ class Runtime:
 
     config: OperatorConfig = OperatorConfig()
     elector: LeaderElector | None = None
-    node_fingerprints: dict[str, str] = {}
+    controller: Controller | None = None
 
 
 def _leading() -> bool:
     return Runtime.elector is not None and Runtime.elector.is_leader()
 
 
-def _managed(labels: dict[str, str], **_: Any) -> bool:
-    return labels.get("app.kubernetes.io/managed-by") == naming.MANAGED_BY and naming.JOB_LABEL in labels
+def _ctl() -> Controller:
+    if Runtime.controller is None:
+        Runtime.controller = Controller(Runtime.config, leading=_leading)
+    return Runtime.controller
 
 
-@kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    # kopf's own bookkeeping goes to annotations: the status schema is precise and ours alone.
+def configure_watches(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+    """kopf's own settings: annotations for its bookkeeping, bounded watches, server-side filters."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.finetune.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.finetune.dev")
     settings.posting.enabled = False  # we emit our own, meaningful Events
@@ -49,83 +59,109 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
     settings.watching.connect_timeout = 30
+    settings.watching.chunk_size = 500  # initial lists are paged: no 9 MB response at 500 nodes
     settings.networking.request_timeout = 60
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = 4
+    # Only the operator's own children travel: kopf turns these into labelSelector/fieldSelector.
+    for resource in (JOBS, PODS, CONFIGMAPS):
+        settings.watching.label_selectors[resource] = CHILD_SELECTOR
+    settings.watching.field_selectors[LEASES] = (
+        f"metadata.name={config.lease_name},metadata.namespace={config.lease_namespace}")
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    configure_watches(settings, Runtime.config)
+    k8s.set_rate_limit(Runtime.config.api_qps, Runtime.config.api_burst)
     config = Runtime.config
     Runtime.elector = LeaderElector(config.lease_name, config.lease_namespace, config.identity,
                                     config.lease_duration_seconds)
     Runtime.elector.start()
-    threading.Thread(target=_resync_loop, name="resync", daemon=True).start()
-
-
-def _resync_loop() -> None:
-    """Reconcile every unfinished job periodically, and refresh the state gauge.
-
-    A safety net for missed events and the way a newly elected leader picks up its work. It
-    runs in one thread rather than as kopf per-object timers: kopf guards timers with a
-    finalizer on each FineTuneJob, which would need write access to users' resources.
-    """
-    while True:
-        time.sleep(Runtime.config.resync_seconds)
-        if not _leading():
-            continue
-        try:
-            controller.resync_all(Runtime.config)
-            controller.update_state_gauge(Runtime.config)
-        except Exception as exc:  # noqa: BLE001 - one failed pass must not stop the loop
-            log.warning("resync: %s", exc)
+    _ctl().start()
 
 
 @kopf.on.cleanup()
 def cleanup(**_: Any) -> None:
+    if Runtime.controller is not None:
+        Runtime.controller.stop()
     if Runtime.elector is not None:
         Runtime.elector.stop()
 
 
-@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def finetunejob_event(type: str | None, name: str, namespace: str, **_: Any) -> None:
-    if type != "DELETED" and _leading():
-        controller.reconcile_job(namespace, name, Runtime.config)
+# --- cache feeders (before every other handler; never on DELETED) ----------------------------
+
+@kopf.index(*FTJS)
+async def ftj_index(body: kopf.Body, **_: Any) -> None:
+    _ctl().on_ftj(body)
 
 
-@kopf.on.event("batch", "v1", "jobs", when=_managed)
-@kopf.on.event("", "v1", "pods", when=_managed)
-@kopf.on.event("", "v1", "configmaps", when=_managed)
-def child_event(labels: dict[str, str], namespace: str, **_: Any) -> None:
-    if _leading():
-        controller.reconcile_job(namespace, labels[naming.JOB_LABEL], Runtime.config)
+@kopf.index(*JOBS, labels=_OURS)
+async def job_index(body: kopf.Body, **_: Any) -> None:
+    _ctl().on_child("Job", body)
 
 
-def _fingerprint(body: Any) -> str:
-    # Only what placement reads: heartbeats (status.conditions) must not re-evaluate jobs.
-    meta = body.get("metadata") or {}
-    labels = {k: v for k, v in (meta.get("labels") or {}).items() if "gpu" in k or "accelerator" in k}
-    allocatable = (body.get("status") or {}).get("allocatable") or {}
-    spec = body.get("spec") or {}
-    material = {"labels": labels, "allocatable": allocatable, "taints": spec.get("taints"),
-                "unschedulable": spec.get("unschedulable")}
-    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+@kopf.index(*PODS, labels=_OURS)
+async def pod_index(body: kopf.Body, **_: Any) -> None:
+    _ctl().on_child("Pod", body)
 
 
-@kopf.on.event("", "v1", "nodes")
-def node_event(type: str | None, name: str, body: Any, **_: Any) -> None:
-    fingerprint = "" if type == "DELETED" else _fingerprint(body)
-    if Runtime.node_fingerprints.get(name) == fingerprint:
-        return
-    Runtime.node_fingerprints[name] = fingerprint
-    if _leading():
-        controller.reevaluate_waiting(Runtime.config)
+@kopf.index(*CONFIGMAPS, labels=_OURS)
+async def configmap_index(body: kopf.Body, **_: Any) -> None:
+    _ctl().on_child("ConfigMap", body)
 
 
-@kopf.on.event("coordination.k8s.io", "v1", "leases",
-               when=lambda name, namespace, **_: name == Runtime.config.lease_name
-               and namespace == Runtime.config.lease_namespace)
-def lease_event(**_: Any) -> None:
+@kopf.index(*NODES)
+async def node_index(body: kopf.Body, **_: Any) -> None:
+    _ctl().on_node(body)
+
+
+@kopf.index(*LEASES, when=lambda name, namespace, **_: name == Runtime.config.lease_name
+            and namespace == Runtime.config.lease_namespace)
+async def lease_index(**_: Any) -> None:
     observability.HEARTBEAT.beat()
 
 
+# --- deletions, and the signal that the initial lists are all in ------------------------------
+
+@kopf.on.event(*FTJS)
+async def ftj_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    _ctl().mark_synced()
+    if type == "DELETED":
+        _ctl().on_ftj(body, deleted=True)
+
+
+@kopf.on.event(*JOBS, labels=_OURS)
+async def job_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    _ctl().mark_synced()
+    if type == "DELETED":
+        _ctl().on_child("Job", body, deleted=True)
+
+
+@kopf.on.event(*PODS, labels=_OURS)
+async def pod_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    _ctl().mark_synced()
+    if type == "DELETED":
+        _ctl().on_child("Pod", body, deleted=True)
+
+
+@kopf.on.event(*CONFIGMAPS, labels=_OURS)
+async def configmap_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    _ctl().mark_synced()
+    if type == "DELETED":
+        _ctl().on_child("ConfigMap", body, deleted=True)
+
+
+@kopf.on.event(*NODES)
+async def node_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+    _ctl().mark_synced()
+    if type == "DELETED":
+        _ctl().on_node(body, deleted=True)
+
+
+# --- probes: async, so they never wait behind reconcile work -----------------------------------
+
 @kopf.on.probe(id="watchAgeSeconds")
-def watch_age(**_: Any) -> float:
+async def watch_age(**_: Any) -> float:
     age = observability.HEARTBEAT.age()
     limit = 4 * Runtime.config.lease_duration_seconds
     if age > limit:
@@ -134,5 +170,5 @@ def watch_age(**_: Any) -> float:
 
 
 @kopf.on.probe(id="leader")
-def leader_probe(**_: Any) -> bool:
+async def leader_probe(**_: Any) -> bool:
     return _leading()

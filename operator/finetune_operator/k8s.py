@@ -18,6 +18,7 @@ from kubernetes.client.rest import ApiException
 
 from finetune_operator import naming, observability
 from finetune_operator.conditions import now_rfc3339
+from finetune_operator.ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,10 @@ PLURAL = "finetunejobs"
 _local = threading.local()
 _lock = threading.Lock()
 _configured = False
+# Every request except the leader Lease's goes through this client-side budget (client-go's
+# flowcontrol); the Lease is exempt so a flood of writes never costs the leadership.
+_limiter: TokenBucket | None = None
+PARTIAL_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
 class ApiError(Exception):
@@ -53,6 +58,12 @@ def configure() -> None:
         _configured = True
 
 
+def set_rate_limit(qps: float, burst: int) -> None:
+    """Limit this process's API requests to `qps` per second with bursts of `burst`."""
+    global _limiter
+    _limiter = TokenBucket(qps, burst)
+
+
 def _api() -> client.ApiClient:
     # urllib3 pools are thread-safe, but ApiClient holds per-call state: one per thread.
     api = getattr(_local, "api", None)
@@ -69,11 +80,17 @@ def request(
     body: Any = None,
     query: dict[str, Any] | None = None,
     content_type: str = "application/json",
+    accept: str = "application/json",
 ) -> dict[str, Any]:
     """One API call returning the decoded JSON body; raises ApiError on failure."""
     api = _api()
     url = path + (("?" + urlencode(query)) if query else "")
-    headers = {"Accept": "application/json", "Content-Type": content_type}
+    headers = {"Accept": accept, "Content-Type": content_type}
+    if _limiter is not None and "/leases" not in path:
+        waited = _limiter.acquire()
+        if waited:
+            observability.RATE_LIMITED_SECONDS.inc(waited)
+    observability.API_REQUESTS.labels(method=method).inc()
     try:
         resp = api.call_api(
             url, method, header_params=headers, body=body, auth_settings=["BearerToken"],
@@ -102,7 +119,7 @@ def list_ftjs(namespace: str | None = None) -> list[dict[str, Any]]:
     return list(request("GET", path).get("items", []))
 
 
-def patch_ftj_status(namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> None:
+def patch_ftj_status(namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
     """Merge-patch the status subresource.
 
     The resourceVersion makes the write conditional: if the object moved since we read it,
@@ -111,7 +128,7 @@ def patch_ftj_status(namespace: str, name: str, status: dict[str, Any], resource
     patch: dict[str, Any] = {"status": status}
     if resource_version:
         patch["metadata"] = {"resourceVersion": resource_version}
-    request("PATCH", ftj_path(namespace, name) + "/status", patch, content_type="application/merge-patch+json")
+    return request("PATCH", ftj_path(namespace, name) + "/status", patch, content_type="application/merge-patch+json")
 
 
 # --- generic objects ----------------------------------------------------------------------
@@ -163,6 +180,33 @@ def list_objects(kind: str, namespace: str | None, label_selector: str = "") -> 
 
 def list_nodes() -> list[dict[str, Any]]:
     return list_objects("Node", None)
+
+
+def list_metadata(path: str, label_selector: str = "", page: int = 500) -> list[dict[str, Any]]:
+    """Metadata only (PartialObjectMetadataList), paged: the cheap audit list of a collection."""
+    items: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        query: dict[str, Any] = {"limit": page}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if token:
+            query["continue"] = token
+        data = request("GET", path, query=query, accept=PARTIAL_METADATA_LIST)
+        items.extend(item.get("metadata") or {} for item in data.get("items") or [])
+        token = (data.get("metadata") or {}).get("continue") or ""
+        if not token:
+            return items
+
+
+def collection_path(kind: str, namespace: str | None) -> str:
+    """The list path of `kind` ("FineTuneJob" or a KINDS key), cluster-wide when namespace is None."""
+    if kind == "FineTuneJob":
+        return ftj_path(namespace) if namespace else f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+    spec = KINDS[kind]
+    if not spec.namespaced or namespace is None:
+        return f"{spec.api_path}/{spec.plural}"
+    return spec.path(namespace)
 
 
 class ForeignObject(Exception):

@@ -51,14 +51,26 @@ def service_account(name: str) -> str:
     return _bounded(name, "trainer")
 
 
+def label_value(name: str) -> str:
+    """`name` as a valid label value: 63 characters at most, alphanumeric at both ends.
+
+    For humans and selectors only: two long names may share a cut, so the operator finds a
+    job's children by owner UID (owner reference or UID_LABEL), never by this value.
+    """
+    if len(name) <= _MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:_MAX - len(digest) - 1].rstrip('-._')}-{digest}"
+
+
 def labels(name: str, uid: str, component: str) -> dict[str, str]:
     """The recommended app.kubernetes.io labels plus the selectors the operator watches by."""
     return {
         "app.kubernetes.io/name": "finetunejob",
-        "app.kubernetes.io/instance": name[:_MAX],
+        "app.kubernetes.io/instance": label_value(name),
         COMPONENT_LABEL: component,
         "app.kubernetes.io/managed-by": MANAGED_BY,
-        JOB_LABEL: name[:_MAX],
+        JOB_LABEL: label_value(name),
         UID_LABEL: uid,
     }
 

@@ -15,6 +15,27 @@ RECONCILE_SECONDS = Histogram(
 VALIDATION_FAILURES = Counter("finetune_validation_failures_total", "Jobs refused, by reason", ["reason"])
 API_ERRORS = Counter("finetune_api_errors_total", "Failed Kubernetes API calls", ["method", "status"])
 TRANSITIONS = Counter("finetune_state_transitions_total", "State transitions", ["state"])
+API_REQUESTS = Counter("finetune_api_requests_total", "Kubernetes API requests sent by the operator", ["method"])
+RATE_LIMITED_SECONDS = Counter("finetune_api_rate_limited_seconds_total",
+                               "Seconds API requests waited for the client-side rate limiter")
+QUEUE_DEPTH = Gauge("finetune_workqueue_depth", "Job keys waiting in the work queue (ready to process)")
+QUEUE_DELAYED = Gauge("finetune_workqueue_delayed", "Job keys waiting for a backoff or the progress write budget")
+QUEUE_ADDS = Counter("finetune_workqueue_adds_total", "Job keys added to the work queue")
+QUEUE_RETRIES = Counter("finetune_workqueue_retries_total", "Reconciles retried after a failure")
+STATUS_WRITES = Counter("finetune_status_writes_total", "Status writes, by kind (progress or change)", ["kind"])
+STATUS_DEFERRED = Counter("finetune_status_writes_deferred_total",
+                          "Progress-only status writes held back by the write budget")
+CACHE_OBJECTS = Gauge("finetune_cache_objects", "Objects in the operator's watch caches", ["kind"])
+
+
+def queue_event(what: str, value: int) -> None:
+    """The work queue's counters, as Prometheus metrics."""
+    if what == "add":
+        QUEUE_ADDS.inc(value)
+    elif what == "retry":
+        QUEUE_RETRIES.inc(value)
+    elif what == "depth":
+        QUEUE_DEPTH.set(value)
 
 
 class WatchHeartbeat:

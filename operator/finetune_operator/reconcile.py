@@ -1,13 +1,13 @@
-"""The reconcile decision, pure: what exists (Observed) → what to do and the new status (Plan).
+"""The reconcile decision, pure: what exists (Observed, typed facts) → what to do and the new status (Plan).
 
-Level-triggered: every call starts from the objects in the API server, never from memory of
-earlier calls, so a restarted operator (or a newly elected leader) converges to the same result.
+Level-triggered: every call starts from the observed facts (the watch caches' projections),
+never from memory of earlier calls, so a restarted operator (or a newly elected leader)
+converges to the same result. The new status is the typed `api.FineTuneJobStatus`.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,36 +16,61 @@ from typing import Any
 from finetune_operator import api, builders, catalog, gpus, placement
 from finetune_operator import conditions as cond
 from finetune_operator.arch import Architecture
+from finetune_operator.cache import ConditionFacts, ConfigMapFacts, JobFacts, PodFacts
 from finetune_operator.config import OperatorConfig
 
-TERMINAL = ("Succeeded", "Failed")
+TERMINAL = cond.TERMINAL_STATES
 IMAGE_PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+
+
+@dataclass(frozen=True)
+class ParsedSpec:
+    """The spec parsed once per generation: the model, or the user-facing errors."""
+
+    spec: api.FineTuneJobSpec | None
+    errors: tuple[str, ...] = ()
+
+
+def parse_spec(raw: Any) -> ParsedSpec:
+    errors = api.spec_errors(raw or {})
+    if errors:
+        return ParsedSpec(None, tuple(errors))
+    return ParsedSpec(api.FineTuneJobSpec.model_validate(raw))
 
 
 @dataclass
 class Observed:
-    """Everything the decision depends on, read fresh from the API server."""
+    """Everything the decision depends on, as typed facts from the watch caches."""
 
     body: dict[str, Any]
-    inspect_config: dict[str, Any] | None = None
-    trainer_config: dict[str, Any] | None = None
-    inspect_pod: dict[str, Any] | None = None
-    job: dict[str, Any] | None = None
-    pods: list[dict[str, Any]] = field(default_factory=list)
+    inspect_config: ConfigMapFacts | None = None
+    trainer_config: ConfigMapFacts | None = None
+    inspect_pod: PodFacts | None = None
+    job: JobFacts | None = None
+    pods: list[PodFacts] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)
-    nodes: list[dict[str, Any]] = field(default_factory=list)
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # minimal Node dicts (cache.NodeFacts.as_object)
     active_jobs: int = 0
+    parsed: ParsedSpec | None = None  # None: parsed here
 
 
 @dataclass
 class Plan:
     """What the handler does: ensure objects (in order), patch the Job, write the status."""
 
-    status: dict[str, Any]
+    status: api.FineTuneJobStatus
     ensure: list[dict[str, Any]] = field(default_factory=list)
     job_suspend: bool | None = None
     delete_job: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def status_data(self) -> dict[str, Any]:
+        """The status as the API stores it (camelCase keys, no nulls)."""
+        return status_data(self.status)
+
+
+def status_data(status: api.FineTuneJobStatus) -> dict[str, Any]:
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig) -> list[str]:
@@ -64,34 +89,20 @@ def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig) -> list[str
     return errors
 
 
-def _termination(pod: dict[str, Any] | None) -> tuple[int | None, str, dict[str, Any]]:
+def _termination(pod: PodFacts | None) -> tuple[int | None, str, dict[str, Any]]:
     """(exit code, container reason, decoded termination message) of the pod's trainer container."""
-    if not pod:
+    if pod is None or pod.termination is None:
         return None, "", {}
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-        if term:
-            message = term.get("message") or ""
-            try:
-                decoded = json.loads(message) if message else {}
-            except json.JSONDecodeError:
-                decoded = {"message": message}
-            if not isinstance(decoded, dict):
-                decoded = {"message": str(decoded)}
-            return term.get("exitCode"), str(term.get("reason") or ""), decoded
-    return None, "", {}
+    term = pod.termination
+    return term.exit_code, term.reason, dict(term.summary)
 
 
-def _waiting_reason(pod: dict[str, Any]) -> tuple[str, str]:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        waiting = (cs.get("state") or {}).get("waiting")
-        if waiting:
-            return str(waiting.get("reason") or ""), str(waiting.get("message") or "")
-    return "", ""
+def _waiting_reason(pod: PodFacts) -> tuple[str, str]:
+    return pod.waiting_reason, pod.waiting_message
 
 
-def _pod_condition(pod: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    return cond.get_condition((pod.get("status") or {}).get("conditions"), type_)
+def _pod_condition(pod: PodFacts, type_: str) -> ConditionFacts | None:
+    return pod.condition(type_)
 
 
 class _Status:
@@ -110,11 +121,11 @@ class _Status:
 
     def state(self, state: str) -> None:
         self.data["state"] = state
-        if state not in ("Validating",) and not self.data.get("startTime"):
+        if state != cond.VALIDATING and not self.data.get("startTime"):
             self.data["startTime"] = cond.now_rfc3339(self.now)
 
     def fail(self, reason: str, message: str) -> None:
-        self.state("Failed")
+        self.state(cond.FAILED_STATE)
         self.condition(cond.FAILED, True, reason, message)
         self.condition(cond.RUNNING, False, reason, "the job has failed")
         self.data["failure"] = {"reason": reason, "message": message[:4000]}
@@ -125,16 +136,18 @@ def plan(obs: Observed, config: OperatorConfig, now: datetime | None = None) -> 
     """Decide the next step for one FineTuneJob."""
     body = obs.body
     st = _Status(body, now)
-    result = Plan(status=st.data)
+    result = Plan(status=api.FineTuneJobStatus())
     old_state = st.old.get("state")
     if old_state in TERMINAL:
         # Finished jobs are left alone; their Job may already be gone through its TTL.
+        result.status = api.FineTuneJobStatus.model_validate(st.data)
         return result
     _decide(obs, config, st, result)
+    result.status = api.FineTuneJobStatus.model_validate(st.data)
     new_state = st.data.get("state")
     if new_state != old_state:
         failure = st.data.get("failure") or {}
-        if new_state == "Failed":
+        if new_state == cond.FAILED_STATE:
             result.events.append(("Warning", str(failure.get("reason", "Failed")), str(failure.get("message", ""))))
         else:
             message = _latest_message(st.data)
@@ -151,19 +164,19 @@ def _decide(obs: Observed, config: OperatorConfig, st: _Status, result: Plan) ->
     body = obs.body
     meta = body["metadata"]
     if not st.data.get("state"):
-        st.state("Validating")
+        st.state(cond.VALIDATING)
         st.condition(cond.VALIDATED, None, "Validating", "checking the spec")
 
-    errors = api.spec_errors(body.get("spec") or {})
-    if errors:
-        st.condition(cond.VALIDATED, False, "InvalidSpec", "; ".join(errors))
-        st.fail("InvalidSpec", "; ".join(errors))
+    parsed = obs.parsed or parse_spec(body.get("spec"))
+    if parsed.spec is None:
+        st.condition(cond.VALIDATED, False, cond.INVALID_SPEC, "; ".join(parsed.errors))
+        st.fail(cond.INVALID_SPEC, "; ".join(parsed.errors))
         return
-    spec = api.FineTuneJobSpec.model_validate(body["spec"])
+    spec = parsed.spec
     errors = policy_errors(spec, config)
     if errors:
-        st.condition(cond.VALIDATED, False, "InvalidSpec", "; ".join(errors))
-        st.fail("InvalidSpec", "; ".join(errors))
+        st.condition(cond.VALIDATED, False, cond.INVALID_SPEC, "; ".join(errors))
+        st.fail(cond.INVALID_SPEC, "; ".join(errors))
         return
     drift = _spec_drift(obs, body)
     st.condition(cond.VALIDATED, True, "SpecChangeIgnored" if drift else "Valid",
@@ -172,7 +185,7 @@ def _decide(obs: Observed, config: OperatorConfig, st: _Status, result: Plan) ->
     if obs.job is None and st.old.get("attempts") is not None:
         # The Job existed (we counted its pods) and is gone: deleted by hand or by its TTL before we
         # saw it finish. Re-creating it would silently run the training again.
-        st.fail("JobDeleted", "the training Job was deleted outside the operator; its checkpoints are kept in "
+        st.fail(cond.JOB_DELETED, "the training Job was deleted outside the operator; its checkpoints are kept in "
                 "S3 — delete and re-create the FineTuneJob to run again")
         return
     if obs.job is None:
@@ -181,7 +194,7 @@ def _decide(obs: Observed, config: OperatorConfig, st: _Status, result: Plan) ->
             return
         if not _place(obs, spec, arch, config, st, result):
             return
-        st.state("Queued")
+        st.state(cond.QUEUED)
         st.condition(cond.SCHEDULED, None, "JobCreated", "the training Job was created; waiting for a GPU node")
         return
     _follow_job(obs, spec, config, st, result)
@@ -191,7 +204,7 @@ def _spec_drift(obs: Observed, body: dict[str, Any]) -> str:
     """A message when the spec changed after the run was configured (the CRD should refuse it)."""
     current = builders.spec_hash(body["spec"])
     for cm in (obs.trainer_config, obs.inspect_config):
-        recorded = ((cm or {}).get("metadata", {}).get("annotations") or {}).get("finetune.dev/spec-hash")
+        recorded = cm.spec_hash if cm is not None else None
         if recorded and recorded != current:
             return ("the spec changed after the job started and the change is NOT applied; "
                     "delete and re-create the FineTuneJob to change it (only runPolicy.suspend may change)")
@@ -211,7 +224,7 @@ def _inspect(
         st.state("Inspecting")
         st.condition(cond.INSPECTED, None, "Started", "inspecting the model and data on a CPU-only pod")
         return None
-    phase = (pod.get("status") or {}).get("phase", "Pending")
+    phase = pod.phase or "Pending"
     if phase in ("Pending", "Running", "Unknown"):
         reason, message = _waiting_reason(pod)
         if reason in IMAGE_PULL_REASONS:
@@ -230,8 +243,8 @@ def _inspect(
             st.condition(cond.INSPECTED, False, "DataError", text + where)
             st.fail("DataError", text + where)
         elif code == builders.EXIT_CONFIG_ERROR:
-            st.condition(cond.INSPECTED, False, "InvalidSpec", text + where)
-            st.fail("InvalidSpec", text + where)
+            st.condition(cond.INSPECTED, False, cond.INVALID_SPEC, text + where)
+            st.fail(cond.INVALID_SPEC, text + where)
         elif reason == "OOMKilled":
             msg = (f"the inspection pod exceeded its memory limit ({config.inspection_memory}); "
                    "raise inspectionMemory in the operator configuration")
@@ -328,82 +341,80 @@ def _place(
 
 def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig, st: _Status, result: Plan) -> None:
     """Status from the training Job, its pods and the progress ConfigMap."""
-    job = obs.job or {}
-    job_spec = job.get("spec") or {}
+    job = obs.job
+    assert job is not None
     desired_suspend = spec.run_policy.suspend
     kueue = bool(spec.resources.kueue_queue)
-    if not kueue and bool(job_spec.get("suspend")) != desired_suspend:
+    if not kueue and job.suspend != desired_suspend:
         result.job_suspend = desired_suspend
     _copy_progress(obs.progress, st)
-    pods = sorted(obs.pods, key=lambda p: p["metadata"].get("creationTimestamp", ""))
+    pods = sorted(obs.pods, key=lambda p: (p.created, p.name))
     _count_attempts(pods, st)
     _record_disruptions(pods, st)
-    job_conds = (job.get("status") or {}).get("conditions")
-    if cond.is_true(job_conds, "Complete") or cond.is_true(job_conds, "SuccessCriteriaMet"):
+    if job.is_true("Complete") or job.is_true("SuccessCriteriaMet"):
         _succeeded(pods, st)
         return
-    failed = cond.get_condition(job_conds, "Failed") or cond.get_condition(job_conds, "FailureTarget")
-    if failed and failed.get("status") == "True":
+    failed = job.condition("Failed") or job.condition("FailureTarget")
+    if failed and failed.status == "True":
         _failed(failed, pods, st)
         return
-    active = [p for p in pods if (p.get("status") or {}).get("phase") in ("Pending", "Running", None)
-              and not p["metadata"].get("deletionTimestamp")]
+    active = [p for p in pods if p.phase in ("Pending", "Running", None) and not p.deleting]
     for pod in active:
         reason, message = _waiting_reason(pod)
         if reason in IMAGE_PULL_REASONS:
-            image = pod["spec"]["containers"][0].get("image")
+            image = pod.image
             st.fail("ImagePullFailed", f"cannot pull the trainer image {image}: {message or reason}; "
                     "check the operator's trainerImage and imagePullSecrets")
             result.delete_job = True
             return
     if desired_suspend and not kueue:
-        st.state("Suspended")
+        st.state(cond.SUSPENDED_STATE)
         st.condition(cond.SUSPENDED, True, "Suspended",
                      "suspended by runPolicy.suspend; the last checkpoint is kept and the run resumes from it")
         st.condition(cond.RUNNING, False, "Suspended", "suspended")
         return
     if cond.get_condition(st.data.get("conditions"), cond.SUSPENDED):
         st.condition(cond.SUSPENDED, False, "Resumed", "resumed from the last checkpoint")
-    running = [p for p in active if (p.get("status") or {}).get("phase") == "Running"]
+    running = [p for p in active if p.phase == "Running"]
     if running:
         pod = running[-1]
-        node = pod["spec"].get("nodeName")
+        node = pod.node
         placement_status = dict(st.data.get("placement") or {})
         placement_status["node"] = node
         product = _node_product(obs.nodes, node)
         if product:
             placement_status["gpuProduct"] = product
         st.data["placement"] = placement_status
-        st.state("Running")
+        st.state(cond.RUNNING_STATE)
         st.condition(cond.SCHEDULED, True, "Scheduled", f"running on node {node}")
         st.condition(cond.RUNNING, True, "Training", _progress_message(st.data.get("progress") or {}))
         return
-    if any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
+    if any(p.phase == "Succeeded" for p in pods):
         # The trainer has exited 0; the Job controller marks the Job Complete a moment later.
-        st.state("Running")
+        st.state(cond.RUNNING_STATE)
         st.condition(cond.RUNNING, True, "Completing", "the trainer finished; waiting for the Job to complete")
         return
     for pod in active:
         sched = _pod_condition(pod, "PodScheduled")
-        if sched and sched.get("status") == "False":
-            st.state("Queued")
-            st.condition(cond.SCHEDULED, False, str(sched.get("reason") or "Unschedulable"),
-                         str(sched.get("message") or "waiting for a GPU node"))
+        if sched and sched.status == "False":
+            st.state(cond.QUEUED)
+            st.condition(cond.SCHEDULED, False, sched.reason or cond.UNSCHEDULABLE,
+                         sched.message or "waiting for a GPU node")
             return
-    st.state("Queued")
-    if cond.is_true(job_conds, "Suspended"):
+    st.state(cond.QUEUED)
+    if job.is_true("Suspended"):
         st.condition(cond.SCHEDULED, None, "WaitingForAdmission", "the Job is suspended (waiting for Kueue admission)")
     else:
         st.condition(cond.SCHEDULED, None, "Starting", "waiting for the training pod to start")
 
 
-def _count_attempts(pods: list[dict[str, Any]], st: _Status) -> None:
+def _count_attempts(pods: list[PodFacts], st: _Status) -> None:
     """Attempts = training pods started. Evicted and suspended pods are deleted, so the count
     lives in the status: every pod name not seen before is one more attempt."""
     placement_status = dict(st.data.get("placement") or {})
     attempts = int(st.data.get("attempts") or 0)
     seen = placement_status.get("pod")
-    names = [p["metadata"]["name"] for p in pods]
+    names = [p.name for p in pods]
     if seen in names:
         new = names[names.index(seen) + 1:]
     else:
@@ -463,15 +474,15 @@ def _copy_progress(progress: dict[str, Any], st: _Status) -> None:
         st.data["lastCheckpoint"] = {k: ckpt[k] for k in ("step", "uri", "time") if k in ckpt}
 
 
-def _record_disruptions(pods: list[dict[str, Any]], st: _Status) -> None:
+def _record_disruptions(pods: list[PodFacts], st: _Status) -> None:
     """Preemptions and evictions are shown but are not failures: the next pod resumes."""
     for pod in pods:
         target = _pod_condition(pod, "DisruptionTarget")
         code, _, summary = _termination(pod)
-        if target and target.get("status") == "True":
-            st.data["lastDisruption"] = {"reason": str(target.get("reason") or "Disrupted"),
-                                         "message": str(target.get("message") or ""),
-                                         "time": target.get("lastTransitionTime") or cond.now_rfc3339(st.now)}
+        if target and target.status == "True":
+            st.data["lastDisruption"] = {"reason": target.reason or "Disrupted",
+                                         "message": target.message,
+                                         "time": target.last_transition_time or cond.now_rfc3339(st.now)}
         elif code == builders.EXIT_INTERRUPTED:
             st.data["lastDisruption"] = {"reason": "Interrupted",
                                          "message": str(summary.get("message") or "the trainer was stopped (SIGTERM) "
@@ -479,13 +490,13 @@ def _record_disruptions(pods: list[dict[str, Any]], st: _Status) -> None:
                                          "time": cond.now_rfc3339(st.now)}
 
 
-def _succeeded(pods: list[dict[str, Any]], st: _Status) -> None:
-    done = [p for p in pods if (p.get("status") or {}).get("phase") == "Succeeded"]
+def _succeeded(pods: list[PodFacts], st: _Status) -> None:
+    done = [p for p in pods if p.phase == "Succeeded"]
     _, _, summary = _termination(done[-1] if done else None)
     adapter = summary.get("adapter") or {}
     if not adapter.get("uri"):
         # Exit 0 without the trainer's report is no evidence of an adapter: never claim one.
-        st.fail("AdapterNotReported", "the training Job completed but the trainer reported no adapter in its "
+        st.fail(cond.ADAPTER_NOT_REPORTED, "the training Job completed but the trainer reported no adapter in its "
                 "termination message; check the trainer image version (docs/contract.md) and the pod's logs")
         return
     st.data["adapter"] = {k: adapter[k] for k in ("uri", "sizeBytes", "sha256", "manifestUri") if k in adapter}
@@ -496,20 +507,20 @@ def _succeeded(pods: list[dict[str, Any]], st: _Status) -> None:
     if progress.get("totalSteps"):
         progress.update(step=progress["totalSteps"], percent=100, phase="done", etaSeconds=0)
         st.data["progress"] = progress
-    st.state("Succeeded")
+    st.state(cond.SUCCEEDED_STATE)
     st.data["completionTime"] = st.data.get("completionTime") or cond.now_rfc3339(st.now)
     st.condition(cond.RUNNING, False, "Completed", "training finished")
     st.condition(cond.SUCCEEDED, True, "AdapterUploaded", f"adapter written to {adapter['uri']}")
 
 
-def _failed(job_failed: dict[str, Any], pods: list[dict[str, Any]], st: _Status) -> None:
+def _failed(job_failed: ConditionFacts, pods: list[PodFacts], st: _Status) -> None:
     """Classify a failed Job with an actionable message."""
-    failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    failed_pods = [p for p in pods if p.phase == "Failed"]
     last = failed_pods[-1] if failed_pods else None
     code, reason, summary = _termination(last)
     text = str(summary.get("message") or "")
     report = summary.get("reportUri")
-    job_reason = str(job_failed.get("reason") or "")
+    job_reason = job_failed.reason
     estimate = (st.data.get("estimate") or {}).get("total") or "unknown"
     resolved = st.data.get("resolved") or {}
     if job_reason == "DeadlineExceeded":
@@ -528,10 +539,10 @@ def _failed(job_failed: dict[str, Any], pods: list[dict[str, Any]], st: _Status)
     elif code == builders.EXIT_DATA_ERROR:
         st.fail("DataError", text + _line_errors(summary) + (f" (full report: {report})" if report else ""))
     elif code == builders.EXIT_CONFIG_ERROR:
-        st.fail("InvalidSpec", text or "the trainer refused its configuration")
+        st.fail(cond.INVALID_SPEC, text or "the trainer refused its configuration")
     elif job_reason == "BackoffLimitExceeded":
         detail = f" Last attempt: exit code {code}" + (f": {text}" if text else "") if code is not None else ""
         st.fail("BackoffLimitExceeded", f"the trainer failed {len(failed_pods)} time(s), more than "
                 f"runPolicy.backoffLimit allows.{detail}")
     else:
-        st.fail(job_reason or "Failed", str(job_failed.get("message") or text or "the training Job failed"))
+        st.fail(job_reason or "Failed", job_failed.message or text or "the training Job failed")

@@ -137,7 +137,8 @@ FULL: dict[str, Any] = {
         "inspectionMemory": "2Gi",
         "leaseName": "fto-leader",
         "leaseDurationSeconds": 30,
-        "resyncSeconds": 2.5,
+        "resyncSeconds": 2.5, "apiQps": 15, "apiBurst": 25, "progressIntervalSeconds": 5,
+        "statusWritesPerSecond": 4, "workers": 2, "nodeBatchSeconds": 0.5, "relistSeconds": 120,
     },
 }
 

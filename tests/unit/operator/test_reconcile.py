@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator import builders, reconcile
+from finetune_operator import builders, cache, reconcile
 from finetune_operator.config import OperatorConfig
 from finetune_operator.gpus import nodes_from_fleet
 
@@ -27,7 +27,7 @@ TINY_ARCH = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidd
 
 def pod(phase: str, *, exit_code: int | None = None, reason: str = "", message: Any = None,
         conditions: list[dict[str, Any]] | None = None, waiting: str = "", name: str = "p",
-        created: str = "2026-01-01T00:00:00Z", node: str = "gpu-t4-0") -> dict[str, Any]:
+        created: str = "2026-01-01T00:00:00Z", node: str = "gpu-t4-0") -> cache.PodFacts:
     state: dict[str, Any] = {}
     if exit_code is not None:
         state = {"terminated": {"exitCode": exit_code, "reason": reason or ("Completed" if exit_code == 0 else "Error"),
@@ -36,24 +36,27 @@ def pod(phase: str, *, exit_code: int | None = None, reason: str = "", message: 
         state = {"waiting": {"reason": waiting, "message": "pull failed"}}
     elif phase == "Running":
         state = {"running": {"startedAt": created}}
-    return {"metadata": {"name": name, "creationTimestamp": created},
-            "spec": {"nodeName": node, "containers": [{"name": "trainer", "image": "img"}]},
-            "status": {"phase": phase, "conditions": conditions or [],
-                       "containerStatuses": [{"name": "trainer", "state": state}]}}
+    return cache.pod_facts({"metadata": {"name": name, "creationTimestamp": created},
+                            "spec": {"nodeName": node, "containers": [{"name": "trainer", "image": "img"}]},
+                            "status": {"phase": phase, "conditions": conditions or [],
+                                       "containerStatuses": [{"name": "trainer", "state": state}]}})
+
+
+CM = cache.configmap_facts({"metadata": {}})
 
 
 def inspected(body: dict[str, Any], arch: dict[str, Any] | None = None) -> reconcile.Observed:
     summary = {"class": "Succeeded", "architecture": arch or TINY_ARCH,
                "data": {"examples": 100, "train": 90, "validation": 10, "tokens": {"p50": 40, "p95": 80, "max": 90},
                         "truncatedFraction": "0", "warnings": []}}
-    return reconcile.Observed(body=body, inspect_config={"metadata": {}},
+    return reconcile.Observed(body=body, inspect_config=CM,
                               inspect_pod=pod("Succeeded", exit_code=0, message=summary), nodes=FLEET)
 
 
-def with_job(body: dict[str, Any], pods: list[dict[str, Any]], job_conditions: list[dict[str, Any]] | None = None,
+def with_job(body: dict[str, Any], pods: list[cache.PodFacts], job_conditions: list[dict[str, Any]] | None = None,
              progress: dict[str, Any] | None = None, suspend: bool = False) -> reconcile.Observed:
-    job = {"metadata": {"name": "llama-chat-train", "uid": "j1"}, "spec": {"suspend": suspend},
-           "status": {"conditions": job_conditions or []}}
+    job = cache.job_facts({"metadata": {"name": "llama-chat-train", "uid": "j1"}, "spec": {"suspend": suspend},
+                           "status": {"conditions": job_conditions or []}})
     return reconcile.Observed(body=body, job=job, pods=pods, nodes=FLEET, progress=progress or {})
 
 
@@ -63,64 +66,64 @@ def kinds(plan: reconcile.Plan) -> list[str]:
 
 def test_new_job_starts_inspection_without_gpus(body: dict[str, Any]) -> None:
     plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), CONFIG)
-    assert plan.status["state"] == "Inspecting"
+    assert plan.status_data()["state"] == "Inspecting"
     assert kinds(plan) == ["ConfigMap", "Pod"]
     assert "nvidia.com/gpu" not in json.dumps(plan.ensure[1]["spec"]["containers"][0]["resources"])
-    assert plan.status["observedGeneration"] == 1
-    assert ("Normal", "Inspecting", plan.status["conditions"][-1]["message"]) in plan.events
+    assert plan.status_data()["observedGeneration"] == 1
+    assert ("Normal", "Inspecting", plan.status_data()["conditions"][-1]["message"]) in plan.events
 
 
 def test_invalid_spec_fails_with_field_path(body: dict[str, Any]) -> None:
     body["spec"]["lora"]["r"] = 0
     plan = reconcile.plan(reconcile.Observed(body=body), CONFIG)
-    assert plan.status["state"] == "Failed"
-    assert plan.status["failure"]["reason"] == "InvalidSpec"
-    assert "spec.lora.r" in plan.status["failure"]["message"]
+    assert plan.status_data()["state"] == "Failed"
+    assert plan.status_data()["failure"]["reason"] == "InvalidSpec"
+    assert "spec.lora.r" in plan.status_data()["failure"]["message"]
     assert plan.ensure == []
 
 
 def test_trust_remote_code_refused_unless_configured(body: dict[str, Any]) -> None:
     body["spec"]["baseModel"]["trustRemoteCode"] = True
     plan = reconcile.plan(reconcile.Observed(body=body), CONFIG)
-    assert plan.status["failure"]["reason"] == "InvalidSpec"
-    assert "spec.baseModel.trustRemoteCode" in plan.status["failure"]["message"]
+    assert plan.status_data()["failure"]["reason"] == "InvalidSpec"
+    assert "spec.baseModel.trustRemoteCode" in plan.status_data()["failure"]["message"]
     allowed = CONFIG.model_copy(update={"allow_trust_remote_code": True})
-    assert reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), allowed).status["state"] == "Inspecting"
+    assert reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), allowed).status_data()["state"] == "Inspecting"
 
 
 def test_endpoint_outside_allow_list_refused(body: dict[str, Any]) -> None:
     body["spec"]["output"]["endpoint"] = "http://evil.example:9000"
     plan = reconcile.plan(reconcile.Observed(body=body), CONFIG)
-    assert "spec.output.endpoint" in plan.status["failure"]["message"]
+    assert "spec.output.endpoint" in plan.status_data()["failure"]["message"]
 
 
 def test_data_error_at_inspection_fails_without_a_job(body: dict[str, Any]) -> None:
-    obs = reconcile.Observed(body=body, inspect_config={"metadata": {}}, inspect_pod=pod(
+    obs = reconcile.Observed(body=body, inspect_config=CM, inspect_pod=pod(
         "Failed", exit_code=builders.EXIT_DATA_ERROR,
         message={"class": "DataError", "message": "line 3: invalid JSON", "reportUri": "s3://b/r.json"}))
     plan = reconcile.plan(obs, CONFIG)
-    assert plan.status["failure"]["reason"] == "DataError"
-    assert "line 3: invalid JSON" in plan.status["failure"]["message"]
-    assert "s3://b/r.json" in plan.status["failure"]["message"]
+    assert plan.status_data()["failure"]["reason"] == "DataError"
+    assert "line 3: invalid JSON" in plan.status_data()["failure"]["message"]
+    assert "s3://b/r.json" in plan.status_data()["failure"]["message"]
     assert plan.ensure == []
     assert plan.events[0][0] == "Warning"
 
 
 def test_image_pull_failure_at_inspection(body: dict[str, Any]) -> None:
-    obs = reconcile.Observed(body=body, inspect_config={"metadata": {}}, inspect_pod=pod("Pending", waiting="ErrImagePull"))
-    assert reconcile.plan(obs, CONFIG).status["failure"]["reason"] == "ImagePullFailed"
+    obs = reconcile.Observed(body=body, inspect_config=CM, inspect_pod=pod("Pending", waiting="ErrImagePull"))
+    assert reconcile.plan(obs, CONFIG).status_data()["failure"]["reason"] == "ImagePullFailed"
 
 
 def test_passed_inspection_creates_training_objects_with_resolved_values(body: dict[str, Any]) -> None:
     body["spec"]["baseModel"] = {"uri": "s3://models/tiny/"}
     plan = reconcile.plan(inspected(body), CONFIG)
     assert kinds(plan) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "ConfigMap", "Job"]
-    assert plan.status["state"] == "Queued"
-    resolved = plan.status["resolved"]
+    assert plan.status_data()["state"] == "Queued"
+    resolved = plan.status_data()["resolved"]
     assert resolved["loraAlpha"] == 32
     assert resolved["targetModules"] == ["q_proj", "v_proj"]
-    assert plan.status["estimate"]["totalBytes"] > 0
-    assert plan.status["data"]["examples"] == 100
+    assert plan.status_data()["estimate"]["totalBytes"] > 0
+    assert plan.status_data()["data"]["examples"] == 100
     job = plan.ensure[-1]
     terms = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
     assert terms["requiredDuringSchedulingIgnoredDuringExecution"]
@@ -131,12 +134,12 @@ def test_passed_inspection_creates_training_objects_with_resolved_values(body: d
 def test_70b_lora_without_quantization_is_unschedulable_with_suggestions(body: dict[str, Any]) -> None:
     body["spec"]["baseModel"] = {"uri": "hf://meta-llama/Llama-3.1-70B"}
     body["spec"]["method"] = "lora"
-    obs = reconcile.Observed(body=body, inspect_config={"metadata": {}}, inspect_pod=pod(
+    obs = reconcile.Observed(body=body, inspect_config=CM, inspect_pod=pod(
         "Succeeded", exit_code=0, message={"class": "Succeeded"}), nodes=FLEET)
     plan = reconcile.plan(obs, CONFIG)
-    assert plan.status["failure"]["reason"] == "Unschedulable"
-    assert "Suggestions" in plan.status["failure"]["message"]
-    assert "qlora" in plan.status["failure"]["message"]
+    assert plan.status_data()["failure"]["reason"] == "Unschedulable"
+    assert "Suggestions" in plan.status_data()["failure"]["message"]
+    assert "qlora" in plan.status_data()["failure"]["message"]
     assert not any(o["kind"] == "Job" for o in plan.ensure)
 
 
@@ -144,23 +147,23 @@ def test_wait_for_capacity_queues_instead_of_failing(body: dict[str, Any]) -> No
     body["spec"]["baseModel"] = {"uri": "hf://meta-llama/Llama-3.1-70B"}
     body["spec"]["method"] = "lora"
     body["spec"]["runPolicy"]["waitForCapacity"] = True
-    obs = reconcile.Observed(body=body, inspect_config={"metadata": {}}, inspect_pod=pod(
+    obs = reconcile.Observed(body=body, inspect_config=CM, inspect_pod=pod(
         "Succeeded", exit_code=0, message={"class": "Succeeded"}), nodes=FLEET)
     plan = reconcile.plan(obs, CONFIG)
-    assert plan.status["state"] == "Queued"
-    assert plan.status["conditions"][-1]["reason"] == "WaitingForCapacity"
+    assert plan.status_data()["state"] == "Queued"
+    assert plan.status_data()["conditions"][-1]["reason"] == "WaitingForCapacity"
 
 
 def test_running_pod_reports_progress(body: dict[str, Any]) -> None:
     progress = {"phase": "training", "step": 25, "totalSteps": 100, "trainLoss": "1.5", "etaSeconds": 30,
                 "baselineEvalLoss": "2.5", "lastCheckpoint": {"step": 20, "uri": "s3://x/checkpoint-20/"}}
     plan = reconcile.plan(with_job(body, [pod("Running")], progress=progress), CONFIG)
-    assert plan.status["state"] == "Running"
-    assert plan.status["progress"]["percent"] == 25
-    assert plan.status["baselineEvalLoss"] == "2.5"
-    assert plan.status["lastCheckpoint"]["step"] == 20
-    assert plan.status["placement"]["node"] == "gpu-t4-0"
-    assert plan.status["placement"]["gpuProduct"] == "Tesla-T4"
+    assert plan.status_data()["state"] == "Running"
+    assert plan.status_data()["progress"]["percent"] == 25
+    assert plan.status_data()["baselineEvalLoss"] == "2.5"
+    assert plan.status_data()["lastCheckpoint"]["step"] == 20
+    assert plan.status_data()["placement"]["node"] == "gpu-t4-0"
+    assert plan.status_data()["placement"]["gpuProduct"] == "Tesla-T4"
 
 
 def test_eviction_is_a_disruption_not_a_failure(body: dict[str, Any]) -> None:
@@ -169,9 +172,9 @@ def test_eviction_is_a_disruption_not_a_failure(body: dict[str, Any]) -> None:
          "lastTransitionTime": "2026-01-01T00:01:00Z"}], name="p1")
     replacement = pod("Running", name="p2", created="2026-01-01T00:02:00Z")
     plan = reconcile.plan(with_job(body, [evicted, replacement]), CONFIG)
-    assert plan.status["state"] == "Running"
-    assert plan.status["attempts"] == 2
-    assert plan.status["lastDisruption"]["reason"] == "EvictionByEvictionAPI"
+    assert plan.status_data()["state"] == "Running"
+    assert plan.status_data()["attempts"] == 2
+    assert plan.status_data()["lastDisruption"]["reason"] == "EvictionByEvictionAPI"
 
 
 def test_success_fills_adapter_and_losses(body: dict[str, Any]) -> None:
@@ -180,10 +183,10 @@ def test_success_fills_adapter_and_losses(body: dict[str, Any]) -> None:
                "baselineEvalLoss": "2.5", "finalEvalLoss": "1.1"}
     plan = reconcile.plan(with_job(body, [pod("Succeeded", exit_code=0, message=summary)],
                                    [{"type": "Complete", "status": "True"}]), CONFIG)
-    assert plan.status["state"] == "Succeeded"
-    assert plan.status["adapter"]["sha256"] == "a" * 64
-    assert plan.status["finalEvalLoss"] == "1.1"
-    assert plan.status["completionTime"]
+    assert plan.status_data()["state"] == "Succeeded"
+    assert plan.status_data()["adapter"]["sha256"] == "a" * 64
+    assert plan.status_data()["finalEvalLoss"] == "1.1"
+    assert plan.status_data()["completionTime"]
 
 
 @pytest.mark.parametrize("exit_code, reason, job_reason, expected", [
@@ -198,34 +201,34 @@ def test_failures_are_classified(body: dict[str, Any], exit_code: int | None, re
                                  expected: str) -> None:
     pods = [pod("Failed", exit_code=exit_code, reason=reason, message={"message": "boom"})] if exit_code else []
     plan = reconcile.plan(with_job(body, pods, [{"type": "Failed", "status": "True", "reason": job_reason}]), CONFIG)
-    assert plan.status["state"] == "Failed"
-    assert plan.status["failure"]["reason"] == expected
+    assert plan.status_data()["state"] == "Failed"
+    assert plan.status_data()["failure"]["reason"] == expected
     if expected == "OutOfMemory":
-        assert ("host memory" in plan.status["failure"]["message"]) == (reason == "OOMKilled")
+        assert ("host memory" in plan.status_data()["failure"]["message"]) == (reason == "OOMKilled")
 
 
 def test_suspend_patches_the_job_and_reports_suspended(body: dict[str, Any]) -> None:
     body["spec"]["runPolicy"]["suspend"] = True
     plan = reconcile.plan(with_job(body, []), CONFIG)
     assert plan.job_suspend is True
-    assert plan.status["state"] == "Suspended"
+    assert plan.status_data()["state"] == "Suspended"
     body["spec"]["runPolicy"]["suspend"] = False
-    body["status"] = plan.status
+    body["status"] = plan.status_data()
     resumed = reconcile.plan(with_job(body, [pod("Running")], suspend=True), CONFIG)
     assert resumed.job_suspend is False
-    assert resumed.status["state"] == "Running"
+    assert resumed.status_data()["state"] == "Running"
 
 
 def test_kueue_owns_suspend(body: dict[str, Any]) -> None:
     body["spec"]["resources"]["kueueQueue"] = "q"
     plan = reconcile.plan(with_job(body, [], [{"type": "Suspended", "status": "True"}], suspend=True), CONFIG)
     assert plan.job_suspend is None
-    assert plan.status["state"] == "Queued"
+    assert plan.status_data()["state"] == "Queued"
 
 
 def test_image_pull_failure_of_training_pod_deletes_the_job(body: dict[str, Any]) -> None:
     plan = reconcile.plan(with_job(body, [pod("Pending", waiting="ImagePullBackOff")]), CONFIG)
-    assert plan.status["failure"]["reason"] == "ImagePullFailed"
+    assert plan.status_data()["failure"]["reason"] == "ImagePullFailed"
     assert plan.delete_job
 
 
@@ -233,8 +236,8 @@ def test_unschedulable_pod_is_queued_with_the_scheduler_message(body: dict[str, 
     pending = pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                           "message": "0/5 nodes are available: 1 Insufficient nvidia.com/gpu."}])
     plan = reconcile.plan(with_job(body, [pending]), CONFIG)
-    assert plan.status["state"] == "Queued"
-    assert "Insufficient nvidia.com/gpu" in plan.status["conditions"][-1]["message"]
+    assert plan.status_data()["state"] == "Queued"
+    assert "Insufficient nvidia.com/gpu" in plan.status_data()["conditions"][-1]["message"]
 
 
 def test_finished_jobs_are_left_alone(body: dict[str, Any]) -> None:
@@ -245,9 +248,9 @@ def test_finished_jobs_are_left_alone(body: dict[str, Any]) -> None:
 
 def test_spec_drift_is_reported(body: dict[str, Any]) -> None:
     obs = with_job(body, [pod("Running")])
-    obs.trainer_config = {"metadata": {"annotations": {"finetune.dev/spec-hash": "0000"}}}
+    obs.trainer_config = cache.configmap_facts({"metadata": {"annotations": {"finetune.dev/spec-hash": "0000"}}})
     plan = reconcile.plan(obs, CONFIG)
-    validated = next(c for c in plan.status["conditions"] if c["type"] == "Validated")
+    validated = next(c for c in plan.status_data()["conditions"] if c["type"] == "Validated")
     assert validated["reason"] == "SpecChangeIgnored"
     assert "delete and re-create" in validated["message"]
 
@@ -255,7 +258,7 @@ def test_spec_drift_is_reported(body: dict[str, Any]) -> None:
 def test_replay_is_stable(body: dict[str, Any]) -> None:
     """Reconciling the same observation twice yields the same status: no flapping writes."""
     first = reconcile.plan(with_job(body, [pod("Running")], progress={"step": 3, "totalSteps": 10}), CONFIG)
-    body["status"] = first.status
+    body["status"] = first.status_data()
     second = reconcile.plan(with_job(body, [pod("Running")], progress={"step": 3, "totalSteps": 10}), CONFIG)
     assert second.status == first.status and second.events == []
 
@@ -263,9 +266,9 @@ def test_replay_is_stable(body: dict[str, Any]) -> None:
 def test_completion_without_an_adapter_report_is_not_success(body: dict[str, Any]) -> None:
     plan = reconcile.plan(with_job(body, [pod("Succeeded", exit_code=0, message="")],
                                    [{"type": "Complete", "status": "True"}]), CONFIG)
-    assert plan.status["state"] == "Failed"
-    assert plan.status["failure"]["reason"] == "AdapterNotReported"
-    assert "adapter" not in plan.status
+    assert plan.status_data()["state"] == "Failed"
+    assert plan.status_data()["failure"]["reason"] == "AdapterNotReported"
+    assert "adapter" not in plan.status_data()
 
 
 @pytest.mark.parametrize("value, expected", [
@@ -286,36 +289,36 @@ def test_decimal_strings_fit_the_status_schema(value: Any, expected: str) -> Non
 def test_attempts_survive_deleted_pods(body: dict[str, Any]) -> None:
     """An evicted or suspended pod is deleted; the next pod is still counted as a new attempt."""
     first = reconcile.plan(with_job(body, [pod("Running", name="train-a")]), CONFIG)
-    assert first.status["attempts"] == 1
-    body["status"] = first.status
+    assert first.status_data()["attempts"] == 1
+    body["status"] = first.status_data()
     again = reconcile.plan(with_job(body, [pod("Running", name="train-a")]), CONFIG)
-    assert again.status["attempts"] == 1
-    body["status"] = again.status
+    assert again.status_data()["attempts"] == 1
+    body["status"] = again.status_data()
     replaced = reconcile.plan(with_job(body, [pod("Running", name="train-b", created="2026-01-01T00:05:00Z")]),
                               CONFIG)
-    assert replaced.status["attempts"] == 2
-    assert replaced.status["placement"]["pod"] == "train-b"
+    assert replaced.status_data()["attempts"] == 2
+    assert replaced.status_data()["placement"]["pod"] == "train-b"
 
 
 def test_data_error_lists_the_first_bad_lines(body: dict[str, Any]) -> None:
     summary = {"class": "DataError", "message": "data unusable: 2 lines have errors",
                "data": {"errors": [{"line": 3, "message": "invalid JSON"}, {"line": 7, "message": "unknown role"}]}}
-    obs = reconcile.Observed(body=body, inspect_config={"metadata": {}},
+    obs = reconcile.Observed(body=body, inspect_config=CM,
                              inspect_pod=pod("Failed", exit_code=builders.EXIT_DATA_ERROR, message=summary))
-    message = reconcile.plan(obs, CONFIG).status["failure"]["message"]
+    message = reconcile.plan(obs, CONFIG).status_data()["failure"]["message"]
     assert "line 3: invalid JSON" in message and "line 7: unknown role" in message
 
 
 def test_a_job_deleted_behind_our_back_is_not_run_again(body: dict[str, Any]) -> None:
     first = reconcile.plan(with_job(body, [pod("Running", name="train-a")]), CONFIG)
-    body["status"] = first.status
+    body["status"] = first.status_data()
     gone = reconcile.plan(inspected(body), CONFIG)
-    assert gone.status["failure"]["reason"] == "JobDeleted"
+    assert gone.status_data()["failure"]["reason"] == "JobDeleted"
     assert not any(o["kind"] == "Job" for o in gone.ensure)
 
 
 def test_finished_pod_before_job_completion_stays_running(body: dict[str, Any]) -> None:
     """Between the trainer's exit 0 and the Job's Complete condition the job is not 'Queued' again."""
     plan = reconcile.plan(with_job(body, [pod("Succeeded", exit_code=0, message={"class": "Succeeded"})]), CONFIG)
-    assert plan.status["state"] == "Running"
-    assert plan.status["conditions"][-1]["reason"] == "Completing"
+    assert plan.status_data()["state"] == "Running"
+    assert plan.status_data()["conditions"][-1]["reason"] == "Completing"

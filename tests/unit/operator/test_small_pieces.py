@@ -61,15 +61,34 @@ def test_merge_patch_nulls_removed_keys_and_keeps_unchanged_out() -> None:
     assert controller._merge_patch(old, new) == {"progress": {"step": 2, "eta": None}, "failure": None}
 
 
+def test_progress_only_diffs_are_told_from_news() -> None:
+    running = {"type": "Running", "status": "True", "reason": "Training", "message": "step 1/10"}
+    old = {"state": "Running", "progress": {"step": 1}, "conditions": [running]}
+    assert controller.progress_only(old, {**old, "progress": {"step": 2},
+                                          "conditions": [{**running, "message": "step 2/10"}]})
+    assert not controller.progress_only(old, {**old, "state": "Succeeded"})
+    assert not controller.progress_only(old, {**old, "conditions": [{**running, "status": "False"}]})
+    assert not controller.progress_only(old, {**old, "attempts": 2})
+
+
+def test_the_state_list_lives_in_one_place() -> None:
+    from finetune_operator import api
+
+    assert set(conditions.STATES) == set(api.STATES)
+    assert set(conditions.TERMINAL_STATES) <= set(api.STATES)
+
+
 def test_liveness_probe_fails_when_no_watch_event_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
     from finetune_operator import handlers, observability
 
     handlers.Runtime.config = config.OperatorConfig(lease_duration_seconds=5)
     observability.HEARTBEAT.beat()
-    assert handlers.watch_age() < 1
+    assert asyncio.run(handlers.watch_age()) < 1  # async: never queued behind reconcile work
     monkeypatch.setattr(observability.HEARTBEAT, "age", lambda: 21.0)
     with pytest.raises(Exception, match="stale"):
-        handlers.watch_age()
+        asyncio.run(handlers.watch_age())
 
 
 def test_gpu_catalog_additions_give_memory_to_cloud_labelled_nodes() -> None:

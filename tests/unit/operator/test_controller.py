@@ -1,0 +1,286 @@
+"""The controller over its caches, with the API replaced by a recorder (pure: no cluster, no sleeps).
+
+What it shows: reconciles read only the caches; our own status write does not come back as
+work; progress writes wait for the budget while phase changes do not; a missing Job is checked
+before a job is failed as JobDeleted; the audit relist repairs a missed deletion; a new leader
+queues every unfinished job once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+
+from finetune_operator import controller as controller_mod
+from finetune_operator import k8s, naming
+from finetune_operator.config import OperatorConfig
+
+CONFIG = OperatorConfig.model_validate({"s3": {"endpoint": "http://s3.local:8333"}, "relist_seconds": 0})
+KEY = ("team-a", "llama-chat")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeApi:
+    """Records writes; reads other than the ones a test arranges fail the test."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.rv = 100
+        self.metadata: dict[str, list[dict[str, Any]]] = {}
+        for name in ("ensure", "patch_ftj_status", "get_object", "get_ftj", "emit_event", "patch_object",
+                     "delete_object", "list_metadata"):
+            monkeypatch.setattr(k8s, name, getattr(self, name))
+
+    def ensure(self, obj: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+        self.calls.append(("create", obj["kind"]))
+        created = copy.deepcopy(obj)
+        created["metadata"]["uid"] = f"uid-{obj['metadata']['name']}"
+        return created
+
+    def patch_ftj_status(self, namespace: str, name: str, status: dict[str, Any], rv: str | None) -> dict[str, Any]:
+        self.calls.append(("status", name))
+        body = copy.deepcopy(self.objects[("FineTuneJob", name)])
+        current = body.get("status") or {}
+        _apply(current, status)
+        body["status"] = current
+        self.rv += 1
+        body["metadata"]["resourceVersion"] = str(self.rv)
+        self.objects[("FineTuneJob", name)] = body
+        return copy.deepcopy(body)
+
+    def get_object(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        self.calls.append(("get", kind))
+        return copy.deepcopy(self.objects.get((kind, name)))
+
+    def get_ftj(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.get_object("FineTuneJob", namespace, name)
+
+    def emit_event(self, *args: Any) -> None:
+        self.calls.append(("event", str(args[2])))
+
+    def patch_object(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("patch", kind))
+        return {}
+
+    def delete_object(self, *args: Any) -> None:
+        self.calls.append(("delete", str(args[0])))
+
+    def list_metadata(self, path: str, label_selector: str = "") -> list[dict[str, Any]]:
+        self.calls.append(("list", path))
+        return next((items for suffix, items in self.metadata.items() if path.endswith(suffix)), [])
+
+    def writes(self) -> list[tuple[str, str]]:
+        out = [c for c in self.calls if c[0] not in ("get", "list")]
+        self.calls.clear()
+        return out
+
+
+def _apply(target: dict[str, Any], patch: dict[str, Any]) -> None:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _apply(target[key], value)
+        else:
+            target[key] = value
+
+
+@pytest.fixture
+def api(monkeypatch: pytest.MonkeyPatch) -> FakeApi:
+    return FakeApi(monkeypatch)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def make(clock: Clock, leading: bool = True, **overrides: Any) -> controller_mod.Controller:
+    config = CONFIG.model_copy(update=overrides)
+    ctl = controller_mod.Controller(config, leading=lambda: leading, clock=clock)
+    ctl.synced.set()
+    return ctl
+
+
+def child(kind: str, name: str, uid: str, owner: str, **extra: Any) -> dict[str, Any]:
+    obj: dict[str, Any] = {"kind": kind, "metadata": {
+        "name": name, "namespace": "team-a", "uid": uid,
+        "labels": {"app.kubernetes.io/managed-by": naming.MANAGED_BY, naming.UID_LABEL: owner},
+        "ownerReferences": [{"kind": "FineTuneJob", "uid": owner, "controller": True}]}}
+    obj.update(extra)
+    return obj
+
+
+def take(ctl: controller_mod.Controller) -> list[tuple[str, str]]:
+    keys = []
+    while (key := ctl.queue.get(timeout=0)) is not None:
+        keys.append(key)
+        ctl.process(key)
+        ctl.queue.done(key)
+    return keys
+
+
+def test_a_new_job_is_reconciled_from_the_cache_and_its_own_write_is_not_new_work(
+        body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
+    ctl = make(clock)
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+    ctl.on_ftj(body)
+    assert take(ctl) == [KEY]
+    assert api.writes() == [("create", "ConfigMap"), ("create", "Pod"), ("status", "llama-chat"),
+                            ("event", "Inspecting")]
+    echo = api.objects[("FineTuneJob", "llama-chat")]
+    ctl.on_ftj(echo)  # the watch event of our own status write
+    assert len(ctl.queue) == 0
+    ctl.queue.add(KEY)
+    take(ctl)  # the pod now exists (written through): Inspected moves from Started to Running
+    assert api.writes() == [("status", "llama-chat")]
+    ctl.queue.add(KEY)
+    take(ctl)
+    assert api.writes() == []  # nothing changed: nothing written, nothing created again
+    assert ctl.cache.children(body["metadata"]["uid"]).pods  # the created pod was written through
+
+
+def running(body: dict[str, Any], ctl: controller_mod.Controller, api: FakeApi, step: int) -> None:
+    uid = body["metadata"]["uid"]
+    job = child("Job", naming.training_job("llama-chat"), "job-uid", uid, spec={"suspend": False},
+                status={"active": 1})
+    pod = child("Pod", "llama-chat-train-x", "pod-uid", uid, spec={"nodeName": "gpu-0", "containers": [{}]},
+                status={"phase": "Running"})
+    pod["metadata"]["labels"]["batch.kubernetes.io/controller-uid"] = "job-uid"
+    progress = child("ConfigMap", naming.progress("llama-chat"), "cm-uid", uid,
+                     data={"progress.json": json.dumps({"step": step, "totalSteps": 100, "phase": "training"})})
+    for kind, obj in (("Job", job), ("Pod", pod), ("ConfigMap", progress)):
+        ctl.on_child(kind, obj)
+
+
+def test_progress_waits_for_the_budget_and_phase_changes_do_not(
+        body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
+    ctl = make(clock, progress_interval_seconds=10)
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+    ctl.on_ftj(body)
+    running(body, ctl, api, step=1)
+    take(ctl)
+    assert ("status", "llama-chat") in api.writes()  # Running: a phase change goes out at once
+    for step in (2, 3, 4):  # progress every 2 s
+        clock.now += 2
+        running(body, ctl, api, step=step)
+        take(ctl)
+    assert api.writes() == []  # held: within 10 s of the last write
+    assert ctl.queue.waiting() == 1  # but never lost: queued for when the budget allows
+    clock.now += 4
+    take(ctl)
+    assert api.writes() == [("status", "llama-chat")]
+    assert api.objects[("FineTuneJob", "llama-chat")]["status"]["progress"]["step"] == 4
+    clock.now += 1
+    failed = child("Job", naming.training_job("llama-chat"), "job-uid", body["metadata"]["uid"],
+                   spec={"suspend": False}, status={"conditions": [
+                       {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]})
+    ctl.on_child("Job", failed)
+    take(ctl)
+    assert ("status", "llama-chat") in api.writes()  # terminal: not held by the budget
+    assert api.objects[("FineTuneJob", "llama-chat")]["status"]["state"] == "Failed"
+
+
+def test_a_job_missing_from_the_cache_is_checked_before_failing_as_deleted(
+        body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
+    ctl = make(clock)
+    uid = body["metadata"]["uid"]
+    inspect = child("Pod", naming.inspection_pod("llama-chat"), "ip", uid, spec={"containers": [{}]}, status={
+        "phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": json.dumps(
+            {"architecture": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+                              "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                              "vocab_size": 400}})}}}]})
+    ctl.on_child("Pod", inspect)
+    ctl.on_child("ConfigMap", child("ConfigMap", naming.inspect_config("llama-chat"), "ic", uid))
+    body["status"] = {"state": "Running", "attempts": 1, "observedGeneration": 1}
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+    ctl.on_ftj(body)
+    api.objects[("Job", naming.training_job("llama-chat"))] = child(
+        "Job", naming.training_job("llama-chat"), "job-uid", uid, spec={"suspend": False}, status={"active": 1})
+    take(ctl)
+    assert api.objects[("FineTuneJob", "llama-chat")]["status"]["state"] == "Queued"  # not Failed: JobDeleted
+    assert ctl.cache.children(uid).jobs  # the Job the watch had not delivered yet is in the cache now
+
+
+def test_the_audit_relist_drops_what_the_watch_missed(body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
+    ctl = make(clock)
+    uid = body["metadata"]["uid"]
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+    ctl.on_ftj(body)
+    take(ctl)
+    ctl.on_child("Pod", child("Pod", "gone-pod", "gone", uid))
+    ctl.on_child("Pod", child("Pod", "kept-pod", "kept", uid))
+    api.metadata = {"/pods": [{"uid": "kept"}], "/finetunejobs": [{"uid": uid}], "/jobs": [], "/configmaps": [],
+                    "/nodes": []}
+    assert ctl.audit() == 1 + 2  # the pod, plus the two children this reconcile created and the fake never listed
+    assert set(ctl.cache.children(uid).pods) == {"kept-pod"}
+    assert ctl.queue.get(timeout=0) == KEY  # the owner is reconciled after the repair
+
+
+def test_a_new_leader_queues_every_unfinished_job_once(body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
+    leading = {"now": False}
+    ctl = controller_mod.Controller(CONFIG, leading=lambda: leading["now"], clock=clock)
+    done = copy.deepcopy(body)
+    done["metadata"].update(name="done", uid="u2")
+    done["status"] = {"state": "Succeeded"}
+    ctl.on_ftj(body)
+    ctl.on_ftj(done)
+    while (key := ctl.queue.get(timeout=0)) is not None:  # a standby's workers drop keys; its caches stay warm
+        ctl.queue.done(key)
+    state: dict[str, Any] = {}
+    ctl.tick(clock.now, state)
+    assert len(ctl.queue) == 0
+    leading["now"] = True
+    ctl.tick(clock.now, state)
+    assert len(ctl.queue) == 1
+    ctl.tick(clock.now + 0.25, state)
+    assert len(ctl.queue) == 1  # once, not on every tick
+
+
+def test_node_changes_are_batched(body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
+    ctl = make(clock, node_batch_seconds=1.0)
+    body["status"] = {"state": "Queued"}
+    ctl.on_ftj(body)
+    ctl.queue.get(timeout=0)
+    ctl.queue.done(KEY)
+    state: dict[str, Any] = {"leading": True}
+    node = {"metadata": {"name": "n0", "labels": {"nvidia.com/gpu.product": "Tesla-T4"}}}
+    ctl.on_node(node)
+    ctl.tick(clock.now, state)
+    assert ctl.queue.get(timeout=0) == KEY
+    ctl.queue.done(KEY)
+    for i in range(1, 50):  # a burst of node changes within the batch window
+        ctl.on_node({"metadata": {"name": f"n{i}", "labels": {"nvidia.com/gpu.product": "Tesla-T4"}}})
+        ctl.tick(clock.now + 0.01 * i, state)
+    assert len(ctl.queue) == 0
+    ctl.tick(clock.now + 1.0, state)
+    assert ctl.queue.stats.adds == 3  # the job's own add, then one per batch
+
+
+def test_a_name_held_by_a_predecessor_waits_instead_of_creating_another(
+        body: dict[str, Any], api: FakeApi, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl = make(clock)
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+
+    def foreign(obj: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+        api.calls.append(("create", obj["kind"]))
+        raise k8s.ForeignObject(f"{obj['kind']} belongs to another owner")
+
+    monkeypatch.setattr(k8s, "ensure", foreign)
+    ctl.on_ftj(body)
+    take(ctl)
+    assert api.writes()[0] == ("create", "ConfigMap")  # the first refusal stops the rest
+    conditions = {c["type"]: c for c in api.objects[("FineTuneJob", "llama-chat")]["status"]["conditions"]}
+    assert conditions["Scheduled"]["reason"] == "WaitingForPredecessor"
+    assert ctl.queue.waiting() == 1  # tried again shortly, without an event

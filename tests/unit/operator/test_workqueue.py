@@ -1,0 +1,128 @@
+"""The work queue and the rate limits: dedup, per-key serialisation, backoff, delays, budgets.
+
+The clock is injected and every `get` is non-blocking, so no outcome depends on timing.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune_operator.ratelimit import TokenBucket, WriteBudget
+from finetune_operator.workqueue import WorkQueue
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def drain(queue: WorkQueue[str]) -> list[str]:
+    out = []
+    while (key := queue.get(timeout=0)) is not None:
+        out.append(key)
+        queue.done(key)
+    return out
+
+
+def test_keys_are_deduplicated(clock: Clock) -> None:
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
+    for key in ("a", "b", "a", "a", "b"):
+        queue.add(key)
+    assert len(queue) == 2
+    assert drain(queue) == ["a", "b"]
+    assert queue.stats.adds == 2
+
+
+def test_a_key_in_progress_is_never_handed_out_twice(clock: Clock) -> None:
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
+    queue.add("a")
+    first = queue.get(timeout=0)
+    assert first == "a"
+    queue.add("a")  # an event while the reconcile runs
+    assert queue.get(timeout=0) is None  # not to a second worker
+    queue.done("a")
+    assert queue.get(timeout=0) == "a"  # but reconciled again afterwards
+    queue.done("a")
+    assert queue.get(timeout=0) is None
+
+
+def test_urgent_keys_overtake_routine_ones(clock: Clock) -> None:
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
+    queue.add("progress-1")
+    queue.add("progress-2")
+    queue.add("phase-change", urgent=True)
+    queue.add("progress-2", urgent=True)  # upgraded in place, not queued twice
+    assert drain(queue) == ["phase-change", "progress-2", "progress-1"]
+
+
+def test_failures_back_off_exponentially_and_forget_resets(clock: Clock) -> None:
+    queue: WorkQueue[str] = WorkQueue(clock=clock, base_delay=0.5, max_delay=4.0)
+    delays = []
+    for _ in range(5):
+        delays.append(queue.retry("a"))
+        clock.now += delays[-1] - 0.01
+        assert queue.get(timeout=0) is None  # not before its time
+        clock.now += 0.01
+        assert queue.get(timeout=0) == "a"
+        queue.done("a")
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert queue.stats.retries == 5
+    queue.forget("a")
+    assert queue.retry("a") == 0.5
+
+
+def test_delayed_keys_wait_unless_an_urgent_add_comes(clock: Clock) -> None:
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
+    queue.add_after("a", 10)
+    queue.add("a")  # a routine event does not pull the delayed key forward
+    assert queue.get(timeout=0) is None and queue.waiting() == 1
+    queue.add("a", urgent=True)
+    assert queue.get(timeout=0) == "a"
+    queue.done("a")
+    clock.now += 20
+    assert queue.get(timeout=0) is None  # the superseded delay does not fire again
+    queue.add_after("b", 5)
+    queue.add_after("b", 2)  # the earlier time wins
+    clock.now += 2
+    assert queue.get(timeout=0) == "b"
+
+
+def test_token_bucket_allows_a_burst_then_the_rate(clock: Clock) -> None:
+    slept: list[float] = []
+    bucket = TokenBucket(rate=10, burst=3, clock=clock, sleep=slept.append)
+    waits = [bucket.acquire() for _ in range(5)]
+    assert waits[:3] == [0, 0, 0]
+    assert waits[3] == pytest.approx(0.1) and waits[4] == pytest.approx(0.2)
+    assert slept == pytest.approx([0.1, 0.2])
+    clock.now += 10  # idle time refills only up to the burst
+    assert [bucket.acquire() for _ in range(3)] == [0, 0, 0]
+    assert bucket.acquire() > 0
+
+
+def test_write_budget_per_job_interval(clock: Clock) -> None:
+    budget = WriteBudget(per_key_seconds=10, rate=100, clock=clock)
+    assert budget.admit("a") == 0
+    clock.now += 4
+    assert budget.admit("a") == pytest.approx(6)
+    clock.now += 6
+    assert budget.admit("a") == 0
+    budget.record("a")  # an urgent write restarts the interval
+    clock.now += 1
+    assert budget.admit("a") == pytest.approx(9)
+
+
+def test_write_budget_spreads_many_jobs_over_the_global_rate(clock: Clock) -> None:
+    budget = WriteBudget(per_key_seconds=10, rate=2, burst=1, clock=clock)
+    waits = [budget.admit(f"job-{i}") for i in range(6)]
+    assert waits == pytest.approx([0, 0.5, 1.0, 1.5, 2.0, 2.5])  # reserved slots, no herd
+    clock.now += 1.0
+    assert budget.admit("job-2") == 0  # its slot has come: it writes without a new reservation
+    assert budget.admit("job-5") == pytest.approx(1.5)  # still holding its slot
