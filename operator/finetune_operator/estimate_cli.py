@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from . import api, catalog, placement
+from . import config as config_module
+from .config import OperatorConfig
 from .arch import Architecture, ArchitectureError
 from .gpus import GFD_PRODUCT, GPU_CATALOG, GpuInventory, inventory_from_nodes, nodes_from_fleet
 
@@ -37,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", help="the base model's config.json (for models not in the built-in catalog)")
     p.add_argument("--pools", help="YAML list of node pools, as in the operator configuration")
     p.add_argument("--headroom", default="0.1", help="fraction of GPU memory kept free (default 0.1)")
+    p.add_argument("--config", help="the operator's configuration file (gpuPrices, nodePools, gpuTolerations, vramHeadroom)")
     p.add_argument("--allow-trust-remote-code", action="store_true")
     return p
 
@@ -113,6 +116,16 @@ def _architecture(spec: Mapping[str, Any], model_config: str | None) -> Architec
     return arch
 
 
+def _operator_config(path: str | None) -> OperatorConfig:
+    """The operator's configuration (its defaults without --config), as the operator would load it."""
+    if not path:
+        return OperatorConfig()
+    try:
+        return config_module.load({config_module.CONFIG_FILE_ENV: path})
+    except config_module.ConfigError as exc:
+        raise InputError(f"--config {path}: {exc}") from exc
+
+
 def run(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
     """The command without printing: (exit status, JSON document)."""
     args = _parser().parse_args(list(argv))
@@ -127,7 +140,8 @@ def run(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
         nodes = _cluster_nodes(args.kubeconfig)
     else:
         nodes = []
-    pools = _load_yaml(args.pools) if args.pools else None
+    operator = _operator_config(args.config)
+    pools = _load_yaml(args.pools) if args.pools else (operator.node_pools or None)
     inventory = inventory_from_nodes(nodes, pools) if (nodes or pools) else _catalog_inventory()
     if args.gpu:
         wanted = {g.lower() for g in args.gpu}
@@ -137,7 +151,10 @@ def run(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
             ignored=inventory.ignored,
         )
     decision = placement.plan(
-        spec, arch, inventory, headroom_fraction=args.headroom, allow_trust_remote_code=args.allow_trust_remote_code,
+        spec, arch, inventory,
+        headroom_fraction=operator.vram_headroom if args.config else args.headroom,
+        allow_trust_remote_code=args.allow_trust_remote_code or operator.allow_trust_remote_code,
+        gpu_prices=operator.gpu_prices, operator_tolerations=operator.gpu_tolerations,
     )
     doc = {
         "valid": decision.state != "Invalid",

@@ -118,7 +118,7 @@ def test_passed_inspection_creates_training_objects_with_resolved_values(body: d
     assert plan.status["state"] == "Queued"
     resolved = plan.status["resolved"]
     assert resolved["loraAlpha"] == 32
-    assert resolved["targetModules"] == ["q_proj", "v_proj"]
+    assert resolved["targetModules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # [auto]: all linear
     assert plan.status["estimate"]["totalBytes"] > 0
     assert plan.status["data"]["examples"] == 100
     job = plan.ensure[-1]
