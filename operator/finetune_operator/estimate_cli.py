@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from . import api, catalog, placement
 from . import config as config_module
 from .config import OperatorConfig
 from .arch import Architecture, ArchitectureError
-from .gpus import GFD_PRODUCT, GPU_CATALOG, GpuInventory, inventory_from_nodes, nodes_from_fleet
+from .gpus import GFD_DRIVER_MAJOR, GFD_PRODUCT, GPU_CATALOG, MIN_DRIVER_MAJOR, GpuInventory, inventory_from_nodes, nodes_from_fleet
 
 EXIT_FITS, EXIT_NO_FIT, EXIT_INVALID = 0, 1, 2
 
@@ -44,10 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where an unquoted 2e-4 is a string; kubectl reads it as the number it is
+    in YAML 1.2 (and JSON). Resolving numbers the 1.2 way makes this command refuse an unquoted
+    learningRate exactly as the API server does."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
 def _load_yaml(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            docs = [d for d in yaml.safe_load_all(f) if d is not None]
+            docs = [d for d in yaml.load_all(f, Loader=_Yaml12Loader) if d is not None]
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"{path}: {exc}") from exc
     return docs[0] if len(docs) == 1 else docs
@@ -94,7 +109,9 @@ def _catalog_inventory() -> GpuInventory:
     """Without --nodes or --kubeconfig: every catalog GPU, one 8-GPU node each (what would fit?)."""
     nodes = [
         {
-            "metadata": {"name": f"catalog/{g.product}", "labels": {GFD_PRODUCT: g.product}},
+            # hypothetical nodes: assume a driver the trainer image supports (no "unlabelled" warning)
+            "metadata": {"name": f"catalog/{g.product}",
+                         "labels": {GFD_PRODUCT: g.product, GFD_DRIVER_MAJOR: str(MIN_DRIVER_MAJOR)}},
             "status": {"allocatable": {"nvidia.com/gpu": "8"}},
         }
         for g in GPU_CATALOG

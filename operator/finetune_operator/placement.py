@@ -115,6 +115,8 @@ class PlacementDecision:
                 "gradientAccumulation": self.gradient_accumulation,
                 "effectiveBatchSize": self.effective_batch_size,
             }
+            if self.target_parameters:
+                out["resolved"]["targetParameters"] = self.target_parameters
         if self.estimate is not None:
             out["estimate"] = self.estimate.to_status()
         out["placement"] = {"eligibleProducts": list(self.eligible_products)}
