@@ -162,6 +162,9 @@ def resolve_target_modules(spec: api.FineTuneJobSpec, arch: Architecture) -> tup
         hint = ""
         if not arch.is_moe and any("expert" in m for m in unknown):
             hint = "; this is a dense model, it has no experts"
+        elif arch.is_moe and {"gate", "router"} & set(unknown):
+            hint = ("; the router (mlp.gate) is a bare parameter in transformers 5.24, not a Linear layer, and is "
+                    "not adapted (it would shift the experts' load balance)")
         return None, f"spec.lora.targetModules: {', '.join(map(repr, unknown))} is not a module of {kind} (valid: {valid}){hint}"
     experts = [m for m in requested if m in EXPERT_PARAMETERS]
     if experts and Decimal(spec.lora.dropout) > 0:

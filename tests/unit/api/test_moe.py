@@ -160,3 +160,11 @@ def test_every_moe_family_in_transformers_has_its_expert_keys() -> None:
         text = configs[model_type].read_text(encoding="utf-8")
         for key in (family.experts_key, family.expert_size_key, "num_experts_per_tok"):
             assert re.search(rf"\b{key}\b", text), (model_type, key)
+
+
+def test_naming_the_router_explains_why_it_is_not_a_target(fleet: gpus.GpuInventory) -> None:
+    arch = catalog.lookup("hf://mistralai/Mixtral-8x7B-v0.1")
+    assert arch is not None
+    decision = placement.plan(api.FineTuneJobSpec.model_validate(make_spec(lora={"targetModules": ["q_proj", "gate"]})), arch, fleet)
+    assert decision.state == "Invalid" and "router" in decision.message
+    assert "experts.gate_up_proj" in decision.message  # the valid list names the expert parameters
