@@ -262,14 +262,24 @@ class Architecture:
             "tie_word_embeddings": self.tie_embeddings,
             "head_dim": self.head_dim,
             "max_position_embeddings": self.max_position_embeddings,
-            **({
-                "num_experts": self.num_experts,
-                "num_experts_per_tok": self.experts_per_token,
-                "moe_intermediate_size": self.expert_intermediate_size,
-                "shared_expert_intermediate_size": self.shared_expert_intermediate_size,
-                "moe_layers": self.moe_layers,
-            } if self.is_moe else {}),
+            **self._moe_config(),
         }
+
+    def _moe_config(self) -> dict[str, Any]:
+        """The MoE keys under the family's own config.json names (from_hf_config reads them back)."""
+        family = MOE_FAMILIES.get(self.model_type)
+        if family is None or not self.is_moe:
+            return {}
+        out: dict[str, Any] = {family.experts_key: self.num_experts, "num_experts_per_tok": self.experts_per_token}
+        if family.expert_size_key != "intermediate_size":
+            out[family.expert_size_key] = self.expert_intermediate_size
+        if family.shared:
+            out["shared_expert_intermediate_size"] = self.shared_expert_intermediate_size
+        if family.sparse_step:
+            # which layers are dense is not kept; the last (num_layers - moe_layers) ones stand in for them
+            out["decoder_sparse_step"] = 1
+            out["mlp_only_layers"] = list(range(self.moe_layers, self.num_layers))
+        return out
 
     # --- shapes ----------------------------------------------------------------------------
 

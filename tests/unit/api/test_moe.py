@@ -168,3 +168,11 @@ def test_naming_the_router_explains_why_it_is_not_a_target(fleet: gpus.GpuInvent
     decision = placement.plan(api.FineTuneJobSpec.model_validate(make_spec(lora={"targetModules": ["q_proj", "gate"]})), arch, fleet)
     assert decision.state == "Invalid" and "router" in decision.message
     assert "experts.gate_up_proj" in decision.message  # the valid list names the expert parameters
+
+
+@pytest.mark.parametrize("model", sorted(PUBLISHED_MOE))
+def test_to_config_round_trips_the_moe_fields(model: str) -> None:
+    arch = catalog.lookup(f"hf://{model}")
+    assert arch is not None
+    again = Architecture.from_hf_config(arch.to_config())
+    assert (again.total_params, again.expert_params, again.moe_layers) == (arch.total_params, arch.expert_params, arch.moe_layers)
