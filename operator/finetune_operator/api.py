@@ -302,7 +302,7 @@ class TrainingSpec(_ApiModel):
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass: much less memory for ≈30% more compute."""
     attention_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    """eager materialises the attention matrix (memory grows with the square of the sequence)."""
+    """sdpa (PyTorch's fused attention) or eager, which materialises the attention matrix (memory grows with the square of the sequence). flash_attention_2 is refused: the trainer image has no flash-attn."""
     seed: Annotated[int, Field(ge=0, le=2147483647)] = 42
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, json_schema_extra={"default": {}})
     eval_steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
@@ -332,6 +332,13 @@ class TrainingSpec(_ApiModel):
             "batchSize must be a multiple of microBatchSize",
             ".batchSize",
             lambda m: m.batch_size is None or m.micro_batch_size == "auto" or m.batch_size % m.micro_batch_size == 0,
+        ),
+        Rule(
+            "self.attentionImplementation != 'flash_attention_2'",
+            "attentionImplementation flash_attention_2 is not available: the trainer image has no flash-attn package; "
+            "use sdpa (PyTorch's fused attention, which also avoids the quadratic attention matrix)",
+            ".attentionImplementation",
+            lambda m: m.attention_implementation != "flash_attention_2",
         ),
         Rule(
             "double(self.learningRate) > 0.0 && double(self.learningRate) < 1.0",
@@ -512,10 +519,14 @@ class ResolvedStatus(_ApiModel):
     lora_alpha: int | None = None
     target_modules: list[str] | None = None
     quantization: Literal["nf4", "fp4", "int8", "none"] | None = None
-    compute_dtype: Literal["bf16", "fp16", "fp32"] | None = None
+    compute_dtype: Literal["bf16", "fp16", "fp32", "auto"] | None = None
+    """auto while the eligible GPUs differ (bf16 on compute capability ≥ 8.0, fp16 below); set to the dtype used once the pod is placed."""
+    target_parameters: list[str] | None = None
+    """Fused expert parameters adapted through PEFT's target_parameters (MoE models), a subset of targetModules."""
     micro_batch_size: int | None = None
     gradient_accumulation: int | None = None
     effective_batch_size: int | None = None
+    """Sequences per optimizer step over all GPUs: microBatchSize × gradientAccumulation × resources.gpus."""
 
 
 class EstimateBreakdown(_ApiModel):
@@ -523,6 +534,8 @@ class EstimateBreakdown(_ApiModel):
 
     linear_weights: int = 0
     """Frozen decoder Linear weights in their storage format (NF4/int8, or the compute dtype for lora) with quantization constants."""
+    expert_weights: int = 0
+    """Mixture-of-experts: all routed experts and routers, in the compute dtype (transformers 5.24 stores experts as fused 3-D parameters, which bitsandbytes does not quantize); 0 for dense models."""
     embedding_weights: int = 0
     """Embeddings, LM head, norms (and a vision tower), kept in the compute dtype."""
     adapter: int = 0
@@ -556,6 +569,9 @@ class PlacementStatus(_ApiModel):
     """Where the job can run and where it runs."""
 
     eligible_products: list[str] | None = None
+    """Products the job may run on, in order of preference (cheapest first with gpuPrices, else smallest memory)."""
+    warnings: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=16)] | None = None
+    """Caveats of the placement, e.g. GPU nodes whose driver version cannot be checked."""
     gpu_product: str | None = None
     """The product of the node the pod was scheduled to."""
     node: str | None = None
@@ -649,25 +665,59 @@ class FineTuneJobStatus(_ApiModel):
 
 
 def spec_errors(spec: Any) -> list[str]:
-    """Every problem with a spec dict, as ``spec.<camelCase path>: <what to do>`` lines."""
+    """Every problem with a spec dict, as ``spec.<camelCase path>: <what to do>`` lines.
+
+    As strict as the API server: camelCase keys only, and no coercion (an unquoted 2e-4 is a
+    number, not the string learningRate needs; "4" is not an integer). The estimate command and the
+    operator both call this, so both accept exactly what the CRD accepts.
+    """
     try:
-        FineTuneJobSpec.model_validate(spec)
+        FineTuneJobSpec.model_validate(spec, strict=True, by_alias=True, by_name=False)
     except ValidationError as exc:
         return _format_errors(exc.errors(include_url=False))
     return []
 
 
+# What each pattern accepts, in words (messages never show the regex).
+_PATTERN_WORDS: dict[str, str] = {
+    MODEL_URI_PATTERN: "hf://org/name, s3://bucket/prefix/ (trailing slash), pvc://claim/path or an absolute path",
+    DATA_URI_PATTERN: "s3://bucket/key.jsonl, hf://datasets/org/name[/file], pvc://claim/path or an absolute path",
+    OUTPUT_URI_PATTERN: "s3://bucket/prefix/ with a lowercase bucket name (3-63 letters, digits, '.' or '-') and a trailing slash",
+    QUANTITY_PATTERN: "a Kubernetes quantity such as 16Gi, 500Mi or 4",
+    r"^0(\.[0-9]{1,6})?$": 'a quoted decimal from 0 up to (not including) 1 with at most 6 decimals, e.g. "0.05"',
+    r"^[0-9]{1,6}(\.[0-9]{1,12})?([eE][-+]?[0-9]{1,2})?$": 'a quoted non-negative decimal, e.g. "2e-4" or "0.0002"',
+    r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$": "a lowercase DNS name (letters, digits, '-' and '.', starting and ending with a letter or digit)",
+    r"^[-._a-zA-Z0-9]+$": "letters, digits, '-', '_' and '.'",
+    r"^[A-Za-z0-9_.\-]+$": "letters, digits, '_', '.' and '-' (a module or product name, no spaces or slashes)",
+    r"^[A-Za-z0-9_.\-/]+$": "a commit sha, tag or branch (letters, digits, '_', '.', '-' and '/')",
+    r"^https?://[^\s]+$": "an http:// or https:// URL",
+    r"^[a-z0-9\-]+$": "a region name such as us-east-1 (lowercase letters, digits and '-')",
+}
+_TYPE_ERRORS = {"string_type", "int_type", "int_parsing", "int_from_float", "bool_type", "bool_parsing", "dict_type",
+                "model_type", "model_attributes_type", "list_type", "float_type", "literal_error"}
+
+
 def _format_errors(errors: Iterable[Any]) -> list[str]:
-    by_path: dict[str, list[str]] = {}
+    by_path: dict[str, list[tuple[str, str]]] = {}
     for err in errors:
         path = _path(err["loc"])
         if err["type"] == "rule":
             path += err.get("ctx", {}).get("field_path", "")
-        by_path.setdefault(path, [])
-        message = _message(err)
-        if message not in by_path[path]:
-            by_path[path].append(message)
-    return [f"{path}: {' or '.join(msgs)}" for path, msgs in by_path.items()]
+        entry = (err["type"], _message(err))
+        if entry[1] not in [m for _, m in by_path.setdefault(path, [])]:
+            by_path[path].append(entry)
+    out = []
+    for path, entries in by_path.items():
+        # a union (int or quantity string) reports each member: the type mismatch of the other
+        # member says nothing the pattern's words do not
+        if len(entries) > 1 and any(kind not in _TYPE_ERRORS for kind, _ in entries):
+            entries = [e for e in entries if e[0] not in _TYPE_ERRORS]
+        out.append(f"{path}: {' or '.join(m for _, m in entries)}")
+    return out
+
+
+def _is_member_tag(part: str) -> bool:
+    return "[" in part or part in ("int", "str", "bool") or part.startswith(("constrained-", "function-", "literal"))
 
 
 def _path(loc: Sequence[int | str]) -> str:
@@ -675,20 +725,33 @@ def _path(loc: Sequence[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif "[" in part or part in ("int", "str", "bool"):
+        elif _is_member_tag(part):
             continue  # a union member tag, not a field
         else:
             out += f".{part}"
     return out
 
 
+def _field_name(err: Any) -> str:
+    names = [p for p in err["loc"] if isinstance(p, str) and not _is_member_tag(p)]
+    return names[-1] if names else "value"
+
+
+def _yaml_scalar(value: Any) -> str:
+    return "true" if value is True else "false" if value is False else str(value)
+
+
 def _message(err: Any) -> str:
     kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
+    name = _field_name(err)
     if kind == "rule":
         return str(err["msg"])
     if kind == "missing":
         return "required"
     if kind == "extra_forbidden":
+        camel = to_camel(str(err["loc"][-1])) if err["loc"] else ""
+        if camel and camel != err["loc"][-1]:
+            return f"unknown field; fields are camelCase: write {camel}"
         return "unknown field; check its spelling and indentation"
     if kind in ("less_than_equal", "less_than"):
         op = "≤" if kind == "less_than_equal" else "<"
@@ -697,7 +760,21 @@ def _message(err: Any) -> str:
         op = "≥" if kind == "greater_than_equal" else ">"
         return f"must be {op} {ctx.get('ge', ctx.get('gt'))} (got {got!r})"
     if kind == "string_pattern_mismatch":
-        return f"{got!r} does not have the expected form ({ctx.get('pattern')})"
+        words = _PATTERN_WORDS.get(str(ctx.get("pattern")), "a value of the documented form (see docs/api.md)")
+        return f"must be {words} (got {got!r})"
+    if kind == "string_type":
+        if isinstance(got, float | int) and not isinstance(got, bool):
+            what = "decimals" if isinstance(got, float) else "this number"
+            return f'must be a string: quote {what}, e.g. {name}: "{_yaml_scalar(got)}"'
+        return f"must be a string (got {got!r})"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        if isinstance(got, str):
+            return f"must be a whole number without quotes, e.g. {name}: {got.strip() or 1} (got the string {got!r})"
+        return f"must be a whole number (got {got!r})"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"must be true or false without quotes (got {got!r})"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"must be a mapping of fields (got {got!r})"
     if kind == "literal_error":
         return f"must be one of {ctx.get('expected')} (got {got!r})"
     if kind in ("too_long", "string_too_long"):

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from finetune_operator import naming
+from finetune_operator.arch import EXPERT_PARAMETERS
 from finetune_operator.api import FineTuneJobSpec
 from finetune_operator.config import OperatorConfig
 
@@ -66,7 +67,11 @@ def trainer_config(
     resolved = resolved or {}
     target_modules = resolved.get("targetModules") or list(spec.lora.target_modules)
     if target_modules == ["auto"]:
-        target_modules = None  # the trainer then applies PEFT's default for the architecture
+        target_modules = None  # inspection only: placement resolves [auto] (catalog.AUTO_TARGETS) before training
+    # fused MoE expert parameters are not modules: PEFT adapts them through target_parameters
+    target_parameters = [t for t in target_modules or () if t in EXPERT_PARAMETERS] or None
+    if target_modules and target_parameters:
+        target_modules = [t for t in target_modules if t not in EXPERT_PARAMETERS]
     cfg: dict[str, Any] = {
         # --- TRL ModelConfig
         "model_name_or_path": spec.base_model.uri,
@@ -125,6 +130,8 @@ def trainer_config(
         "progress_interval_seconds": 5,
         "wandb_project": spec.tracking.wandb.project if spec.tracking and spec.tracking.wandb else "",
     }
+    if target_parameters:
+        cfg["lora_target_parameters"] = target_parameters
     if spec.training.eval_steps:
         cfg["eval_strategy"] = "steps"
         cfg["eval_steps"] = spec.training.eval_steps

@@ -7,32 +7,69 @@ config.json (the inspection step, or ``estimate --model-config``).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from importlib import resources
+from typing import Any
 
-from .arch import FAMILY_MODULES, Architecture
+import yaml
 
-# PEFT's default LoRA targets per model_type (peft.utils.constants.
-# TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, peft 0.21). Copied, not imported: the operator
-# must not depend on torch/peft. A unit test compares these with PEFT's table where PEFT has an
-# entry. PEFT has none for phi3 and the multimodal gemma3: there we choose the fused attention
-# projection (phi3) and the text model's own defaults (gemma3), as the issue asks.
-DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
-    "llama": ("q_proj", "v_proj"),
-    "mistral": ("q_proj", "v_proj"),
-    "qwen2": ("q_proj", "v_proj"),
-    "qwen3": ("q_proj", "v_proj"),
-    "gemma": ("q_proj", "v_proj"),
-    "gemma2": ("q_proj", "v_proj"),
-    "gemma3_text": ("q_proj", "v_proj"),
-    "gemma3": ("q_proj", "v_proj"),
-    "phi3": ("qkv_proj",),
+from .arch import ATTENTION_MODULES, FAMILY_MODULES, LLAMA_MODULES, Architecture
+
+def _peft_table() -> dict[str, tuple[str, ...]]:
+    text = resources.files(__package__).joinpath("data/peft_lora_targets.yaml").read_text(encoding="utf-8")
+    return {str(k): tuple(v) for k, v in (yaml.safe_load(text)["loraTargetModules"]).items()}
+
+
+PEFT_DEFAULT_TARGETS: dict[str, tuple[str, ...]] = _peft_table()
+"""PEFT's TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, generated from the installed PEFT into
+data/peft_lora_targets.yaml (the operator must not import PEFT: it pulls torch).
+tests/trainer/test_peft_table.py fails when the two disagree."""
+
+
+@dataclass(frozen=True)
+class AutoTargets:
+    """What ``targetModules: [auto]`` resolves to for one model type, and why."""
+
+    modules: tuple[str, ...]
+    why: str
+    peft_default: tuple[str, ...] | None = None
+    """PEFT's own default (q/v for most), shown for comparison; we do not follow it."""
+
+
+_ALL_LINEAR = (
+    "every Linear layer of the block: the QLoRA paper (arXiv 2305.14314, §4) found LoRA on all linear "
+    "layers necessary to match full fine-tuning; PEFT's q/v-only default trails it"
+)
+_MOE = (
+    "attention projections{shared}; not the routed experts (fused 3-D parameters: PEFT reaches them only "
+    "through target_parameters, which needs lora.dropout \"0\", no DoRA, and multiplies the adapter by "
+    "the expert count) nor the router (adapting it shifts load balancing); name experts.gate_up_proj "
+    "and experts.down_proj in targetModules to adapt the experts"
+)
+
+
+def _auto(model_type: str, modules: tuple[str, ...], why: str) -> AutoTargets:
+    return AutoTargets(modules, why, PEFT_DEFAULT_TARGETS.get(model_type))
+
+
+AUTO_TARGETS: dict[str, AutoTargets] = {
+    **{t: _auto(t, LLAMA_MODULES, _ALL_LINEAR) for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text")},
+    "phi3": _auto("phi3", FAMILY_MODULES["phi3"], _ALL_LINEAR),
+    **{t: _auto(t, ATTENTION_MODULES, _MOE.format(shared="")) for t in ("mixtral", "phimoe", "olmoe", "qwen3_moe")},
+    "qwen2_moe": _auto("qwen2_moe", LLAMA_MODULES, _MOE.format(shared=" and the shared expert's MLP (always on, dense)")),
 }
-PEFT_HAS_NO_DEFAULT = frozenset({"phi3", "gemma3"})
+"""The [auto] resolution per model type. The estimate and the trainer both use this list: the
+operator records it in status.resolved.targetModules and renders it into the trainer's config."""
 
 
 def default_target_modules(arch: Architecture) -> tuple[str, ...] | None:
-    """PEFT's per-architecture default, or None when there is none (the user must list modules)."""
-    return DEFAULT_TARGET_MODULES.get(arch.model_type)
+    """What [auto] adapts for this architecture, or None when the model type has no entry."""
+    row = AUTO_TARGETS.get(arch.model_type)
+    if row is None:
+        return None
+    # a model read from its own weights may lack some (e.g. no shared expert): keep those it has
+    present = tuple(m for m in row.modules if m in arch.module_names)
+    return present or None
 
 
 def _arch(
@@ -90,7 +127,51 @@ _MODELS: dict[str, Architecture] = {
     "microsoft/Phi-4-mini-instruct": _arch("phi3", 3072, 32, 24, 8, 8192, 200064, True, ctx=131072, arch_name="Phi3ForCausalLM"),
 }
 
+
+
+def _moe(config: dict[str, Any]) -> Architecture:
+    """An MoE entry written as its published config.json (the fields the estimate reads)."""
+    return Architecture.from_hf_config(config)
+
+
+_MIXTRAL = {"model_type": "mixtral", "architectures": ["MixtralForCausalLM"], "tie_word_embeddings": False,
+            "num_experts_per_tok": 2, "num_key_value_heads": 8}
+_QWEN3_MOE = {"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"], "tie_word_embeddings": False,
+              "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8, "decoder_sparse_step": 1,
+              "mlp_only_layers": [], "vocab_size": 151936, "max_position_embeddings": 40960}
+_MODELS.update({
+    "mistralai/Mixtral-8x7B-v0.1": _moe({**_MIXTRAL, "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+                                         "intermediate_size": 14336, "num_local_experts": 8, "vocab_size": 32000,
+                                         "max_position_embeddings": 32768}),
+    "mistralai/Mixtral-8x22B-v0.1": _moe({**_MIXTRAL, "hidden_size": 6144, "num_hidden_layers": 56, "num_attention_heads": 48,
+                                          "intermediate_size": 16384, "num_local_experts": 8, "vocab_size": 32768,
+                                          "max_position_embeddings": 65536}),
+    "Qwen/Qwen3-30B-A3B": _moe({**_QWEN3_MOE, "hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 32,
+                                "num_key_value_heads": 4, "intermediate_size": 6144, "moe_intermediate_size": 768}),
+    "Qwen/Qwen3-235B-A22B": _moe({**_QWEN3_MOE, "hidden_size": 4096, "num_hidden_layers": 94, "num_attention_heads": 64,
+                                  "num_key_value_heads": 4, "intermediate_size": 12288, "moe_intermediate_size": 1536}),
+    "Qwen/Qwen1.5-MoE-A2.7B": _moe({"model_type": "qwen2_moe", "architectures": ["Qwen2MoeForCausalLM"], "hidden_size": 2048,
+                                    "num_hidden_layers": 24, "num_attention_heads": 16, "num_key_value_heads": 16,
+                                    "intermediate_size": 5632, "moe_intermediate_size": 1408,
+                                    "shared_expert_intermediate_size": 5632, "num_experts": 60, "num_experts_per_tok": 4,
+                                    "decoder_sparse_step": 1, "vocab_size": 151936, "tie_word_embeddings": False,
+                                    "max_position_embeddings": 8192}),
+    "allenai/OLMoE-1B-7B-0924": _moe({"model_type": "olmoe", "architectures": ["OlmoeForCausalLM"], "hidden_size": 2048,
+                                      "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 16,
+                                      "intermediate_size": 1024, "num_experts": 64, "num_experts_per_tok": 8,
+                                      "vocab_size": 50304, "tie_word_embeddings": False, "max_position_embeddings": 4096}),
+    "microsoft/Phi-3.5-MoE-instruct": _moe({"model_type": "phimoe", "architectures": ["PhiMoEForCausalLM"], "hidden_size": 4096,
+                                            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+                                            "intermediate_size": 6400, "num_local_experts": 16, "num_experts_per_tok": 2,
+                                            "vocab_size": 32064, "tie_word_embeddings": False,
+                                            "max_position_embeddings": 131072}),
+})
+
 _ALIASES: dict[str, str] = {
+    "mistralai/Mixtral-8x7B-Instruct-v0.1": "mistralai/Mixtral-8x7B-v0.1",
+    "mistralai/Mixtral-8x22B-Instruct-v0.1": "mistralai/Mixtral-8x22B-v0.1",
+    "Qwen/Qwen1.5-MoE-A2.7B-Chat": "Qwen/Qwen1.5-MoE-A2.7B",
+    "allenai/OLMoE-1B-7B-0924-Instruct": "allenai/OLMoE-1B-7B-0924",
     "meta-llama/Llama-3.2-1B-Instruct": "meta-llama/Llama-3.2-1B",
     "meta-llama/Llama-3.2-3B-Instruct": "meta-llama/Llama-3.2-3B",
     "meta-llama/Llama-3.1-8B-Instruct": "meta-llama/Llama-3.1-8B",

@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from decimal import Decimal
+from typing import Annotated, Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -51,6 +52,9 @@ class OperatorConfig(BaseModel):
     runtime_class_name: str = ""
     gpu_catalog: list[dict[str, Any]] = Field(default_factory=list)
     node_pools: list[dict[str, Any]] = Field(default_factory=list)
+    # Hourly price per GPU product (GFD product or GKE/Karpenter name → decimal string, e.g.
+    # "NVIDIA-L4": "0.80"); with prices the cheapest fitting product is preferred. Default: none.
+    gpu_prices: dict[str, Annotated[Decimal, Field(ge=0)]] = Field(default_factory=dict)
     s3: S3Defaults = Field(default_factory=S3Defaults)
     allow_trust_remote_code: bool = False
     # Share of GPU memory kept free on top of the estimate, as a decimal string.

@@ -7,6 +7,11 @@ linearWeights
     Frozen decoder Linear weights. NF4/FP4: 4 bits plus the block-wise constants, 0.5 bit/param with a
     block size of 64, ≈0.127 bit with double quantization (QLoRA, arXiv 2305.14314). int8: 1 byte
     plus one fp32 scale per output row. Unquantized (lora): the compute dtype.
+expertWeights
+    Mixture-of-experts models: every routed expert of every sparse layer is resident, whichever the
+    router picks, plus the routers. With transformers 5.24 the experts are fused 3-D parameters
+    (``mlp.experts.gate_up_proj``/``down_proj``), not Linear layers, so bitsandbytes' load_in_4bit
+    leaves them unquantized: they are counted in the compute dtype even under QLoRA. 0 for dense models.
 embeddingWeights
     Embeddings, the LM head (unless tied), norms and any vision tower: bitsandbytes leaves them in
     the compute dtype. ``upcast_unquantized`` models PEFT's ``prepare_model_for_kbit_training``,
@@ -18,12 +23,15 @@ activations
     Per token and layer, what autograd saves (compute-dtype bytes c): the two RMSNorms (fp32
     input and normalised copy plus the c-byte output, 2·(8+c)·h), attention (input, q/k/v after
     RoPE, output and its contiguous copy: c·(h + 3·q + 2·kv)), the SwiGLU MLP (input, gate, SiLU,
-    up and product: c·(h + 4·I)), LoRA dropout copies and masks ((c+1)·in per target when dropout
+    up and product: c·(h + 4·I); in a sparse MoE layer k routed experts each see a copy of the token,
+    k·c·(h + 4·I_e), plus the fp32 router logits and probabilities, 8·E, and a shared expert's
+    c·(h + 4·I_s)), LoRA dropout copies and masks ((c+1)·in per target when dropout
     > 0) and DoRA's extra output per target. Eager attention adds the score and probability
     matrices (a·s per token, c + 4 + c bytes). This is Korthikanti et al. (arXiv 2205.05198)'s
     accounting redone for SwiGLU, GQA and frozen weights. With gradient checkpointing only each
     layer's input (c·h per token) is kept, plus one layer recomputed during backward together
-    with its gradient buffers.
+    with its gradient buffers. LoRA on fused expert parameters (PEFT ``target_parameters``) adds the
+    parametrized weight and its delta of each targeted parameter, 2·c·E·in·out, per layer in flight.
 logits
     ``materialized``: what plain transformers does — bf16 logits, the fp32 upcast in
     ``ForCausalLMLoss``, log-softmax output and its gradient: b·s·V·(c + 12) bytes, often the
@@ -46,7 +54,7 @@ from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Literal
 
-from .arch import Architecture
+from .arch import EXPERT_PARAMETERS, Architecture
 
 GiB = 1024**3
 MiB = 1024**2
@@ -67,7 +75,7 @@ AttentionImpl = Literal["sdpa", "eager", "flash_attention_2"]
 _DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
 BREAKDOWN_KEYS = (
-    "linearWeights", "embeddingWeights", "adapter", "activations", "logits", "overhead", "safetyMargin",
+    "linearWeights", "expertWeights", "embeddingWeights", "adapter", "activations", "logits", "overhead", "safetyMargin",
 )
 
 
@@ -149,11 +157,11 @@ def estimate(arch: Architecture, shape: TrainingShape, *, safety_margin: Decimal
     if shape.bits == 4:
         quantized = arch.linear_params * (4 + (0.127 if shape.double_quant else 0.5)) / 8
     elif shape.bits == 8:
-        out_rows = sum(arch.linear_shape(m)[1] for m in arch.module_names) * layers
-        quantized = arch.linear_params + 4 * out_rows
+        quantized = arch.linear_params + 4 * arch.linear_out_rows
     else:
         quantized = arch.linear_params * c
     unquantized = arch.unquantized_params * (4 if shape.upcast_unquantized and shape.bits else c)
+    experts = arch.expert_params * c
 
     trainable = arch.lora_params(shape.target_modules, shape.r, shape.dora)
     adapter = 16 * trainable
@@ -161,21 +169,36 @@ def estimate(arch: Architecture, shape: TrainingShape, *, safety_margin: Decimal
     # per token, per layer
     norms = 2 * (8 + c) * h
     attention = c * (h + 3 * q_width + 2 * kv_width)
-    mlp = c * (h + 4 * inter)
+    mlp_dense = c * (h + 4 * inter)
+    mlp = mlp_dense
+    grad_width = h + inter
+    sparse_layers = arch.moe_layers if arch.is_moe else 0
+    if arch.is_moe:
+        k, e_inter, s_inter = arch.experts_per_token, arch.expert_intermediate_size, arch.shared_expert_intermediate_size
+        mlp = k * c * (h + 4 * e_inter) + 8 * arch.num_experts + (c * (h + 4 * s_inter) + 8 if s_inter else 0)
+        grad_width = h + k * e_inter + s_inter
+    expert_lora = 0
     lora = 0
     for name in shape.target_modules:
+        if arch.is_moe and name in EXPERT_PARAMETERS:
+            fan_in, fan_out = arch.expert_parameter_shape(name)
+            expert_lora += 2 * c * arch.num_experts * fan_in * fan_out
+            continue
         fan_in, fan_out = arch.linear_shape(name)
         lora += (c + 1) * fan_in if shape.dropout else 0
         lora += c * shape.r + (c * fan_out if shape.dora else 0)
     per_layer_token = norms + attention + mlp + lora
+    dense_layer_token = norms + attention + mlp_dense + lora
     eager_per_layer = (
         shape.micro_batch * arch.num_heads * shape.seq_len**2 * (2 * c + 4) if shape.attention == "eager" else 0
     )
     if shape.gradient_checkpointing:
-        recompute = tokens * (per_layer_token + c * 2 * (h + inter)) + eager_per_layer
+        recompute = tokens * (per_layer_token + c * 2 * grad_width) + eager_per_layer + expert_lora
         activations = layers * tokens * c * h + recompute
     else:
-        activations = layers * (tokens * per_layer_token + eager_per_layer)
+        moe_part = sparse_layers * (tokens * per_layer_token + expert_lora)
+        dense_part = (layers - sparse_layers) * tokens * dense_layer_token
+        activations = moe_part + dense_part + layers * eager_per_layer
     activations += tokens * (norms // 2 + c * h)  # final norm and the LM head's input
 
     if shape.logits == "materialized":
@@ -190,6 +213,7 @@ def estimate(arch: Architecture, shape: TrainingShape, *, safety_margin: Decimal
 
     terms = {
         "linearWeights": int(quantized),
+        "expertWeights": int(experts),
         "embeddingWeights": int(unquantized),
         "adapter": int(adapter),
         "activations": int(activations),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,8 +18,10 @@ from typing import Any
 import yaml
 
 from . import api, catalog, placement
+from . import config as config_module
+from .config import OperatorConfig
 from .arch import Architecture, ArchitectureError
-from .gpus import GFD_PRODUCT, GPU_CATALOG, GpuInventory, inventory_from_nodes, nodes_from_fleet
+from .gpus import GFD_DRIVER_MAJOR, GFD_PRODUCT, GPU_CATALOG, MIN_DRIVER_MAJOR, GpuInventory, inventory_from_nodes, nodes_from_fleet
 
 EXIT_FITS, EXIT_NO_FIT, EXIT_INVALID = 0, 1, 2
 
@@ -37,14 +40,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", help="the base model's config.json (for models not in the built-in catalog)")
     p.add_argument("--pools", help="YAML list of node pools, as in the operator configuration")
     p.add_argument("--headroom", default="0.1", help="fraction of GPU memory kept free (default 0.1)")
+    p.add_argument("--config", help="the operator's configuration file (gpuPrices, nodePools, gpuTolerations, vramHeadroom)")
     p.add_argument("--allow-trust-remote-code", action="store_true")
     return p
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML reads YAML 1.1, where an unquoted 2e-4 is a string; kubectl reads it as the number it is
+    in YAML 1.2 (and JSON). Resolving numbers the 1.2 way makes this command refuse an unquoted
+    learningRate exactly as the API server does."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
 
 
 def _load_yaml(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            docs = [d for d in yaml.safe_load_all(f) if d is not None]
+            docs = [d for d in yaml.load_all(f, Loader=_Yaml12Loader) if d is not None]
     except (OSError, yaml.YAMLError) as exc:
         raise InputError(f"{path}: {exc}") from exc
     return docs[0] if len(docs) == 1 else docs
@@ -91,7 +109,9 @@ def _catalog_inventory() -> GpuInventory:
     """Without --nodes or --kubeconfig: every catalog GPU, one 8-GPU node each (what would fit?)."""
     nodes = [
         {
-            "metadata": {"name": f"catalog/{g.product}", "labels": {GFD_PRODUCT: g.product}},
+            # hypothetical nodes: assume a driver the trainer image supports (no "unlabelled" warning)
+            "metadata": {"name": f"catalog/{g.product}",
+                         "labels": {GFD_PRODUCT: g.product, GFD_DRIVER_MAJOR: str(MIN_DRIVER_MAJOR)}},
             "status": {"allocatable": {"nvidia.com/gpu": "8"}},
         }
         for g in GPU_CATALOG
@@ -113,6 +133,16 @@ def _architecture(spec: Mapping[str, Any], model_config: str | None) -> Architec
     return arch
 
 
+def _operator_config(path: str | None) -> OperatorConfig:
+    """The operator's configuration (its defaults without --config), as the operator would load it."""
+    if not path:
+        return OperatorConfig()
+    try:
+        return config_module.load({config_module.CONFIG_FILE_ENV: path})
+    except config_module.ConfigError as exc:
+        raise InputError(f"--config {path}: {exc}") from exc
+
+
 def run(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
     """The command without printing: (exit status, JSON document)."""
     args = _parser().parse_args(list(argv))
@@ -127,7 +157,8 @@ def run(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
         nodes = _cluster_nodes(args.kubeconfig)
     else:
         nodes = []
-    pools = _load_yaml(args.pools) if args.pools else None
+    operator = _operator_config(args.config)
+    pools = _load_yaml(args.pools) if args.pools else (operator.node_pools or None)
     inventory = inventory_from_nodes(nodes, pools) if (nodes or pools) else _catalog_inventory()
     if args.gpu:
         wanted = {g.lower() for g in args.gpu}
@@ -137,7 +168,10 @@ def run(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
             ignored=inventory.ignored,
         )
     decision = placement.plan(
-        spec, arch, inventory, headroom_fraction=args.headroom, allow_trust_remote_code=args.allow_trust_remote_code,
+        spec, arch, inventory,
+        headroom_fraction=operator.vram_headroom if args.config else args.headroom,
+        allow_trust_remote_code=args.allow_trust_remote_code or operator.allow_trust_remote_code,
+        gpu_prices=operator.gpu_prices, operator_tolerations=operator.gpu_tolerations,
     )
     doc = {
         "valid": decision.state != "Invalid",

@@ -24,6 +24,13 @@ GFD_MINOR = "nvidia.com/gpu.compute.minor"
 GFD_FAMILY = "nvidia.com/gpu.family"
 GFD_REPLICAS = "nvidia.com/gpu.replicas"
 GFD_SHARING = "nvidia.com/gpu.sharing-strategy"
+# GFD's driver labels: cuda.driver-version.* since GFD 0.15 (device plugin 0.15), the older
+# cuda.driver.* still written alongside and read when the new one is absent.
+GFD_DRIVER_MAJOR = "nvidia.com/cuda.driver-version.major"
+GFD_DRIVER_MAJOR_OLD = "nvidia.com/cuda.driver.major"
+GFD_DRIVER_FULL = "nvidia.com/cuda.driver-version.full"
+MIN_DRIVER_MAJOR = 580
+"""The trainer image's torch 2.13 is built for CUDA 13.0, which needs an R580 driver or newer."""
 GKE_ACCELERATOR = "cloud.google.com/gke-accelerator"
 GKE_PARTITION = "cloud.google.com/gke-gpu-partition-size"
 GKE_SHARING = "cloud.google.com/gke-gpu-sharing-strategy"
@@ -128,6 +135,10 @@ class GpuNode:
     pool: bool = False
     sharing: str | None = None
     """Why the node's GPUs are shared (time-slicing/MPS), which makes them unfit for training."""
+    taints: tuple[Mapping[str, Any], ...] = ()
+    """The node's spec.taints."""
+    driver_major: int | None = None
+    """GFD's CUDA driver major version (None: not labelled)."""
 
 
 @dataclass(frozen=True)
@@ -266,10 +277,12 @@ def node_from_object(node: Mapping[str, Any]) -> tuple[GpuNode | None, str | Non
     gpus = allocatable if allocatable is not None else (count or 1)
     if sharing is None and gpus == 0:
         return None, f"{name}: {GPU_RESOURCE} allocatable is 0"
+    taints = tuple(dict(t) for t in ((node.get("spec") or {}).get("taints") or ()) if isinstance(t, Mapping))
+    driver = _int(labels.get(GFD_DRIVER_MAJOR)) or _int(labels.get(GFD_DRIVER_MAJOR_OLD))
     return GpuNode(
         name=name, product=product, memory_mib=memory, compute_capability=cc, family=family,
         gpus=gpus, allocatable=allocatable if allocatable is not None else gpus,
-        labels=labels, selector=selector, sharing=sharing,
+        labels=labels, selector=selector, sharing=sharing, taints=taints, driver_major=driver,
     ), None
 
 
@@ -341,14 +354,18 @@ def nodes_from_fleet(fleet: Mapping[str, Any]) -> list[dict[str, Any]]:
             labels[GFD_PRODUCT] = str(gpu["product"])
             count = int(gpu.get("count", 1))
             labels[GFD_COUNT] = str(count)
-            for key, label in (("memoryMiB", GFD_MEMORY), ("computeMajor", GFD_MAJOR), ("computeMinor", GFD_MINOR), ("family", GFD_FAMILY)):
+            for key, label in (("memoryMiB", GFD_MEMORY), ("computeMajor", GFD_MAJOR), ("computeMinor", GFD_MINOR),
+                               ("family", GFD_FAMILY), ("driverMajor", GFD_DRIVER_MAJOR)):
                 if gpu.get(key) is not None:
                     labels[label] = str(gpu[key])
             allocatable[GPU_RESOURCE] = str(count)
-        out.append({
+        node: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {"name": str(entry["name"]), "labels": labels},
             "status": {"allocatable": allocatable},
-        })
+        }
+        if entry.get("taints"):
+            node["spec"] = {"taints": [dict(t) for t in entry["taints"]]}
+        out.append(node)
     return out

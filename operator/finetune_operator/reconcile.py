@@ -302,6 +302,7 @@ def _place(
     decision = placement.plan(
         spec, arch, inventory, headroom_fraction=float(config.vram_headroom),
         allow_trust_remote_code=config.allow_trust_remote_code,
+        gpu_prices=config.gpu_prices, operator_tolerations=config.gpu_tolerations,
     )
     for key, value in decision.status_fields().items():
         st.data[key] = value
@@ -385,6 +386,9 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
         if product:
             placement_status["gpuProduct"] = product
         st.data["placement"] = placement_status
+        placed_dtype = placement.dtype_on_node(st.data.get("resolved") or {}, _node(obs.nodes, node))
+        if placed_dtype:
+            st.data["resolved"] = {**(st.data.get("resolved") or {}), "computeDtype": placed_dtype}
         st.state(cond.RUNNING_STATE)
         st.condition(cond.SCHEDULED, True, "Scheduled", f"running on node {node}")
         st.condition(cond.RUNNING, True, "Training", _progress_message(st.data.get("progress") or {}))
@@ -431,6 +435,10 @@ def _node_product(nodes: list[dict[str, Any]], node: str | None) -> str | None:
         if n["metadata"]["name"] == node:
             return (n["metadata"].get("labels") or {}).get("nvidia.com/gpu.product")
     return None
+
+
+def _node(nodes: list[dict[str, Any]], name: str | None) -> dict[str, Any] | None:
+    return next((n for n in nodes if n["metadata"]["name"] == name), None)
 
 
 def _progress_message(progress: dict[str, Any]) -> str:

@@ -71,7 +71,7 @@ def test_phi3_fused_modules() -> None:
     assert arch is not None
     assert arch.linear_shape("qkv_proj") == (3072, 3 * 3072)
     assert arch.linear_shape("gate_up_proj") == (3072, 2 * 8192)
-    assert catalog.default_target_modules(arch) == ("qkv_proj",)
+    assert catalog.default_target_modules(arch) == ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
 def test_lora_and_total_params_of_llama_3_1_8b() -> None:
@@ -84,15 +84,19 @@ def test_lora_and_total_params_of_llama_3_1_8b() -> None:
     assert arch.total_params == 8_030_261_248
 
 
-def test_default_targets_agree_with_peft() -> None:
-    """Our copy of PEFT's table (the operator must not import peft at runtime)."""
-    constants = pytest.importorskip("peft.utils.constants")
-    mapping = constants.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-    for model_type, targets in catalog.DEFAULT_TARGET_MODULES.items():
-        if model_type in catalog.PEFT_HAS_NO_DEFAULT:
-            assert model_type not in mapping, f"PEFT now has a default for {model_type}: copy it"
-        else:
-            assert list(targets) == list(mapping[model_type]), model_type
+def test_peft_table_is_data_and_auto_is_a_deliberate_choice_per_family() -> None:
+    """PEFT's table is generated data (tests/trainer/test_peft_table.py checks it against PEFT);
+    [auto] is our own per-family choice, every one with a reason, every supported type covered."""
+    from finetune_operator.arch import SUPPORTED_MODEL_TYPES
+
+    assert catalog.PEFT_DEFAULT_TARGETS["mixtral"] == ("q_proj", "v_proj")
+    assert catalog.PEFT_DEFAULT_TARGETS["gpt_neox"] == ("query_key_value",)
+    assert set(catalog.AUTO_TARGETS) == set(SUPPORTED_MODEL_TYPES)
+    for model_type, row in catalog.AUTO_TARGETS.items():
+        assert row.why and set(row.modules) <= set(__import__("finetune_operator.arch", fromlist=["x"]).FAMILY_MODULES[model_type])
+        assert row.peft_default == catalog.PEFT_DEFAULT_TARGETS.get(model_type)
+    llama = catalog.AUTO_TARGETS["llama"]
+    assert len(llama.modules) == 7 and "QLoRA" in llama.why  # all linear layers, not PEFT's q/v
 
 
 def test_every_catalog_model_has_a_default_target() -> None:

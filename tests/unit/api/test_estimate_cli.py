@@ -87,3 +87,28 @@ def test_the_local_cluster_fleet_file_is_read(capsys: pytest.CaptureFixture[str]
     fleet = REPO / "localcluster" / "fleet.yaml"
     code, doc = run(capsys, str(REPO / "examples" / "llama-3.3-70b-qlora.yaml"), "--nodes", str(fleet))
     assert code == 0 and doc["placement"]["eligibleProducts"] == ["NVIDIA-H100-80GB-HBM3"]
+
+
+def test_refuses_what_the_api_server_refuses(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """snake_case keys were sized at their value; unquoted numbers were read as strings (YAML 1.1)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        f"apiVersion: {api.API_VERSION}\nkind: {api.KIND}\nmetadata: {{name: j}}\nspec:\n"
+        "  baseModel: {uri: hf://meta-llama/Llama-3.1-8B}\n"
+        "  dataset: {trainUri: s3://data/t.jsonl, max_seq_length: 16384}\n"
+        "  training: {maxSteps: 1, learningRate: 2e-4}\n"
+        "  output: {uri: s3://adapters/team/}\n"
+    )
+    code, doc = run(capsys, str(path))
+    assert code == estimate_cli.EXIT_INVALID
+    assert doc["errors"] == [
+        "spec.dataset.max_seq_length: unknown field; fields are camelCase: write maxSeqLength",
+        'spec.training.learningRate: must be a string: quote decimals, e.g. learningRate: "0.0002"',
+    ]
+
+
+def test_prices_from_the_operator_configuration(capsys: pytest.CaptureFixture[str], tmp_path: Path, fleet_file: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"gpu_prices": {"NVIDIA-H100-80GB-HBM3": "0.50", "NVIDIA-A100-SXM4-40GB": "3.00"}}))
+    code, doc = run(capsys, str(job(tmp_path, make_spec())), "--nodes", str(fleet_file), "--config", str(config))
+    assert code == 0 and doc["placement"]["eligibleProducts"][:2] == ["NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-40GB"]

@@ -42,7 +42,7 @@ def test_70b_qlora_fits_only_the_h100(fleet: gpus.GpuInventory) -> None:
         {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}]}]}}
     a100 = next(p for p in decision.products if p.product == "NVIDIA-A100-SXM4-40GB")
     assert not a100.fits and "usable" in a100.why_not[0]
-    assert decision.compute_dtype == "bf16" and decision.lora_alpha == 32 and decision.target_modules == ["q_proj", "v_proj"]
+    assert decision.compute_dtype == "bf16" and decision.lora_alpha == 32 and decision.target_modules == list(LLAMA_70B.module_names)
 
 
 def test_status_fields_validate_against_the_status_model(fleet: gpus.GpuInventory) -> None:
@@ -70,9 +70,17 @@ def test_auto_micro_batch_is_the_largest_power_of_two_on_the_smallest_eligible_g
     assert any(p.product == smallest.product and not p.fits for p in bigger.products)
 
 
-def test_dtype_auto_prefers_bf16_and_t4_runs_fp16(fleet: gpus.GpuInventory) -> None:
-    decision = plan(make_spec(), fleet)
-    assert decision.compute_dtype == "bf16" and "Tesla-T4" not in decision.eligible_products
+def test_dtype_is_per_product_and_t4_runs_fp16(fleet: gpus.GpuInventory) -> None:
+    decision = plan(make_spec(dataset={"trainUri": "s3://data/t.jsonl", "maxSeqLength": 512}), fleet)
+    # the T4 is no longer excluded because bf16 GPUs also fit: each GPU runs its own dtype
+    assert decision.fits and decision.eligible_products[0] == "Tesla-T4" and decision.compute_dtype == "auto"
+    assert {p.product: p.compute_dtype for p in decision.products if p.fits}["Tesla-T4"] == "fp16"
+    assert decision.status_fields()["resolved"]["computeDtype"] == "auto"
+    t4_node = {"metadata": {"name": "t4", "labels": {gpus.GFD_PRODUCT: "Tesla-T4"}}, "status": {"allocatable": {"nvidia.com/gpu": "1"}}}
+    assert placement.dtype_on_node({"computeDtype": "auto"}, t4_node) == "fp16"
+    h100_node = {"metadata": {"name": "h", "labels": {gpus.GFD_PRODUCT: "NVIDIA-H100-80GB-HBM3"}}, "status": {}}
+    assert placement.dtype_on_node({"computeDtype": "auto"}, h100_node) == "bf16"
+    assert placement.dtype_on_node({"computeDtype": "bf16"}, t4_node) is None  # pinned: nothing to record
     t4_only = plan(make_spec(resources={"allowedGpuProducts": ["Tesla-T4"]}), fleet)
     assert t4_only.fits and t4_only.compute_dtype == "fp16" and t4_only.eligible_products == ["Tesla-T4"]
     bf16_on_t4 = plan(make_spec(quantization={"computeDtype": "bf16"}, resources={"allowedGpuProducts": ["Tesla-T4"]}), fleet)
@@ -87,7 +95,7 @@ def test_min_memory_and_gpu_count_constraints(fleet: gpus.GpuInventory) -> None:
 
 
 def test_long_sequence_suggests_a_computed_max_seq_length(fleet: gpus.GpuInventory) -> None:
-    spec = make_spec(dataset={"trainUri": "s3://data/t.jsonl", "maxSeqLength": 262144})
+    spec = make_spec(dataset={"trainUri": "s3://data/t.jsonl", "maxSeqLength": 131072})  # Llama 3.1's full context
     decision = plan(spec, fleet)
     assert decision.state == "Unschedulable"
     [seq] = [s for s in decision.suggestions if "maxSeqLength" in s]
@@ -122,7 +130,7 @@ def test_unknown_target_module_lists_valid_names(fleet: gpus.GpuInventory) -> No
 def test_all_linear_and_phi3_auto(fleet: gpus.GpuInventory) -> None:
     assert plan(make_spec(lora={"targetModules": ["all-linear"]}), fleet).target_modules == list(LLAMA_8B.module_names)
     phi = catalog.lookup("hf://microsoft/Phi-3-mini-4k-instruct")
-    assert phi is not None and plan(make_spec(), fleet, phi).target_modules == ["qkv_proj"]
+    assert phi is not None and plan(make_spec(), fleet, phi).target_modules == ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 
 def test_cpu_job(fleet: gpus.GpuInventory) -> None:

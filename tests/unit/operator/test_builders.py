@@ -112,6 +112,18 @@ def test_trainer_config_carries_resolved_values_and_the_run_identity(body: dict[
     assert cfg["learning_rate"] == 0.0002
 
 
+def test_trainer_config_splits_expert_parameters_and_passes_auto_dtype(body: dict[str, Any]) -> None:
+    """MoE experts go to PEFT's target_parameters; a dtype left to the GPU reaches the trainer as auto."""
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    resolved = {**RESOLVED, "computeDtype": "auto", "targetModules": ["q_proj", "experts.gate_up_proj", "experts.down_proj"]}
+    cfg = yaml.safe_load(builders.trainer_configmap(body, spec, CONFIG, resolved)["data"]["train.yaml"])
+    assert cfg["lora_target_modules"] == ["q_proj"]
+    assert cfg["lora_target_parameters"] == ["experts.gate_up_proj", "experts.down_proj"]
+    assert cfg["compute_dtype"] == "auto"
+    dense = yaml.safe_load(builders.trainer_configmap(body, spec, CONFIG, RESOLVED)["data"]["train.yaml"])
+    assert "lora_target_parameters" not in dense
+
+
 def test_role_grants_only_the_progress_configmap(body: dict[str, Any]) -> None:
     role = builders.role(body)
     assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],

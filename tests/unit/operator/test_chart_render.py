@@ -122,6 +122,7 @@ FULL: dict[str, Any] = {
         "nodePools": [{"name": "spot-l4", "gpuProduct": "NVIDIA-L4", "gpusPerNode": 4},
                       {"name": "future", "gpuProduct": "NVIDIA-Future-96GB", "gpusPerNode": 8, "gpuMemoryMib": 98304,
                        "computeCapability": "10.0", "nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-Future-96GB"}}],
+        "gpuPrices": {"NVIDIA-L4": "0.80", "NVIDIA-H100-80GB-HBM3": "4.50"},
         "s3": {"endpoint": "https://s3.example:9000", "region": "eu-west-1", "pathStyle": False,
                "caBundleConfigMap": "s3-ca", "caBundleKey": "bundle.pem", "allowedEndpoints": ["https://other.example"]},
         "allowTrustRemoteCode": True,
@@ -243,6 +244,7 @@ def test_every_value_reaches_the_rendered_objects(helm: Path, tmp_path: Path) ->
     assert cfg.runtime_class_name == c["runtimeClassName"]
     assert cfg.gpu_catalog == c["gpuCatalog"]
     assert cfg.node_pools == c["nodePools"]
+    assert {k: str(v) for k, v in cfg.gpu_prices.items()} == c["gpuPrices"]
     assert cfg.s3.model_dump() == {"endpoint": c["s3"]["endpoint"], "region": c["s3"]["region"], "path_style": False,
                                    "ca_bundle_configmap": "s3-ca", "ca_bundle_key": "bundle.pem",
                                    "allowed_endpoints": c["s3"]["allowedEndpoints"]}

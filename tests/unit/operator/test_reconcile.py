@@ -121,7 +121,7 @@ def test_passed_inspection_creates_training_objects_with_resolved_values(body: d
     assert plan.status_data()["state"] == "Queued"
     resolved = plan.status_data()["resolved"]
     assert resolved["loraAlpha"] == 32
-    assert resolved["targetModules"] == ["q_proj", "v_proj"]
+    assert resolved["targetModules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # [auto]: all linear
     assert plan.status_data()["estimate"]["totalBytes"] > 0
     assert plan.status_data()["data"]["examples"] == 100
     job = plan.ensure[-1]
