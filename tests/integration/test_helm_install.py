@@ -198,21 +198,30 @@ def test_a_job_succeeds_through_the_installed_operator(release: Release, jobs: J
 
 
 def test_metrics_service_is_scraped(release: Release) -> None:
-    discovery = client.DiscoveryV1Api(release.api)
-    svc_name = f"{release.name}-metrics"
+    """Every replica behind the metrics Service answers /metrics; the leader's has the job,
+    reconcile and state metrics. The Service is resolved as kube-proxy would, from its selector
+    and targetPort to the Ready pods' ports: the local pods' address is 127.0.0.1, which
+    EndpointSlices refuse (no loopback endpoints), so the controller cannot publish them here."""
+    svc = client.CoreV1Api(release.api).read_namespaced_service(f"{release.name}-metrics", release.namespace)
+    (port,) = svc.spec.ports
+    selector = ",".join(f"{k}={v}" for k, v in svc.spec.selector.items())
 
-    def endpoints() -> list[tuple[str, str, int]]:
-        slices = discovery.list_namespaced_endpoint_slice(
-            release.namespace, label_selector=f"kubernetes.io/service-name={svc_name}").items
-        return [(ep.addresses[0], ep.target_ref.name, port.port) for s in slices for ep in s.endpoints or []
-                if ep.conditions.ready for port in s.ports or [] if port.name == "metrics"]
+    def backends() -> list[tuple[str, str, int]]:
+        pods = client.CoreV1Api(release.api).list_namespaced_pod(release.namespace, label_selector=selector).items
+        out = []
+        for pod in pods:
+            ready = {c.type: c.status for c in pod.status.conditions or []}.get("Ready") == "True"
+            if not ready or pod.metadata.deletion_timestamp:
+                continue
+            (container,) = pod.spec.containers
+            number = next(p.container_port for p in container.ports if p.name == port.target_port)
+            out.append((pod.status.pod_ip, pod.metadata.name, _host_port(pod, number)))
+        return out
 
-    ready = until(lambda: len(endpoints()) == 2 and endpoints(), timeout=60, what="both replicas behind the metrics Service")
-    pods = {p.metadata.name: p for p in release.pods()}
+    ready = until(lambda: len(backends()) == 2 and backends(), timeout=60, what="both replicas behind the metrics Service")
     texts = {}
-    for address, pod_name, port in ready:
-        url = f"http://{address}:{_host_port(pods[pod_name], port)}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as resp:
+    for address, pod_name, host_port in ready:
+        with urllib.request.urlopen(f"http://{address}:{host_port}/metrics", timeout=10) as resp:
             texts[pod_name] = resp.read().decode()
     leader_text = texts[release.leader()]
     assert "finetune_reconcile_duration_seconds_count" in leader_text
