@@ -299,6 +299,8 @@ class Level:
                 return
             except asyncio.TimeoutError:
                 pass
+            if self.done():
+                return  # every job has ended: a kill now tests nothing
             leaders = [op for op in self.alive() if (await asyncio.to_thread(op.health))[1].get("leader") is True]
             if not leaders:
                 continue

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from localcluster.cluster import down
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -24,7 +26,13 @@ def test_scale_bench_smoke(tmp_path: Path) -> None:
             "--jobs", "5", "--burst", "5", "--train-seconds", "12", "--progress-interval", "3",
             "--inspect-seconds", "1", "--timeout", "90", "--lease-seconds", "6", "--sample-seconds", "2",
             "--flow-seconds", "2", "--out", str(out), "--state-dir", str(tmp_path / "cluster")]
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    # The bench bounds every wait itself (nodes Ready, leadership, the level's --timeout); the
+    # outer limit only catches a hang, and the cluster is stopped whatever happened.
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=1200)
+    finally:
+        left = down(tmp_path / "cluster")
+        assert not left, f"localcluster down left processes running: {left}"
     assert proc.returncode == 0, f"scale bench failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     result = json.loads((out / "scale-results.json").read_text())
     assert (out / "scale.png").stat().st_size > 0
