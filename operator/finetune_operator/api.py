@@ -206,6 +206,10 @@ class DatasetSpec(_ApiModel):
     """Tokens per sequence; longer examples are truncated. Drives the activation and logits memory."""
     packing: bool = False
     """Pack several short examples into one sequence of maxSeqLength tokens."""
+    train_on_inputs: bool = False
+    """Loss on every token (true), or only on what the model answers (false: assistant turns through a
+    chat template with generation markers, completions of prompt/completion data). With false, chat data
+    whose model template cannot mark assistant turns is refused at inspection rather than trained on the prompts."""
 
 
 Method = Literal["qlora", "lora"]

@@ -126,6 +126,7 @@ def trainer_config(
         "checkpoint_interval_minutes": spec.training.checkpoint.every_minutes,
         "keep_checkpoints": spec.training.checkpoint.keep,
         "progress_configmap": naming.progress(name) if resolved else "",
+        "train_on_inputs": spec.dataset.train_on_inputs,
         "expect_gpus": spec.resources.gpus if resolved else 0,  # the trainer fails at once when CUDA sees fewer
         "progress_interval_seconds": 5,
         "wandb_project": spec.tracking.wandb.project if spec.tracking and spec.tracking.wandb else "",

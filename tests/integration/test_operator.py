@@ -310,6 +310,10 @@ def test_new_gpu_capacity_starts_a_waiting_job(jobs: Jobs, start_operator: Any, 
     jobs.create(manifest(name, baseModel={"uri": SHAPE_70B}, method="lora",
                          dataset={"trainUri": "s3://finetune/data/chat.jsonl", "maxSeqLength": 2048},
                          lora={"r": 16}, training={"maxSteps": 10},
+                         # The node below is tainted so that no pod really runs there (it has no kubelet);
+                         # placement counts only nodes the job tolerates.
+                         resources={"gpus": 1, "memory": "6Gi", "tolerations": [
+                             {"key": "finetune.dev/test-only", "operator": "Exists", "effect": "NoSchedule"}]},
                          runPolicy={"backoffLimit": 0, "waitForCapacity": True}))
     body = jobs.wait_state(name, "Queued", timeout=300)
     assert _conditions(body)["Scheduled"]["reason"] == "WaitingForCapacity"

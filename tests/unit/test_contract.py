@@ -56,3 +56,11 @@ def test_exit_codes_agree() -> None:
     assert ExitCode.CUDA_OUT_OF_MEMORY == builders.EXIT_CUDA_OOM
     assert ExitCode.INTERRUPTED == builders.EXIT_INTERRUPTED
     assert ExitCode.STORAGE_RETRYABLE == builders.EXIT_STORAGE_RETRYABLE
+
+
+def test_inspection_reports_every_architecture_field_the_estimate_reads() -> None:
+    from finetune_operator.arch import MOE_CONFIG_FIELDS
+    from finetune_trainer.architecture import CONTRACT_FIELDS
+
+    missing = set(MOE_CONFIG_FIELDS) - set(CONTRACT_FIELDS)
+    assert not missing, f"the inspection does not report {sorted(missing)}: MoE models would be refused as unreadable"

@@ -15,6 +15,17 @@ CONTRACT_FIELDS = (
     "vocab_size",
     "tie_word_embeddings",
     "head_dim",
+    # Mixture-of-Experts sizes and the context length: the operator's estimate reads these
+    # (finetune_operator.arch.MOE_CONFIG_FIELDS) to count every expert and check maxSeqLength.
+    "num_local_experts",
+    "num_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+    "decoder_sparse_step",
+    "mlp_only_layers",
+    "max_position_embeddings",
+    "rope_scaling",
 )
 
 

@@ -110,6 +110,14 @@ def test_trainer_config_carries_resolved_values_and_the_run_identity(body: dict[
     assert cfg["s3_endpoint"] == "http://s3.local:8333"
     assert cfg["progress_configmap"] == "llama-chat-progress"
     assert cfg["learning_rate"] == 0.0002
+    assert cfg["train_on_inputs"] is False and cfg["expect_gpus"] == spec.resources.gpus
+
+
+def test_train_on_inputs_reaches_the_trainer(body: dict[str, Any]) -> None:
+    body["spec"]["dataset"]["trainOnInputs"] = True
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    cfg = yaml.safe_load(builders.trainer_configmap(body, spec, CONFIG, RESOLVED)["data"]["train.yaml"])
+    assert cfg["train_on_inputs"] is True
 
 
 def test_trainer_config_splits_expert_parameters_and_passes_auto_dtype(body: dict[str, Any]) -> None:
