@@ -184,19 +184,6 @@ def test_install_runs_the_operator_from_the_chart_under_its_service_account(rele
         assert needle in notes, needle
 
 
-def test_a_job_succeeds_through_the_installed_operator(release: Release, jobs: Jobs) -> None:
-    name = unique("chart")
-    jobs.create(manifest(name))
-    status = jobs.wait_state(name, "Succeeded", timeout=600)["status"]
-    assert status["adapter"]["uri"].startswith("s3://finetune/adapters/")
-    leader = release.leader()
-    # The operator's own identity (its pod) wrote the status, through the ServiceAccount's rights.
-    body = jobs.get(name)
-    managers = {m["manager"] for m in body["metadata"]["managedFields"] if m.get("subresource") == "status"}
-    assert managers, body["metadata"]["managedFields"]
-    assert leader in {p.metadata.name for p in release.pods()}
-
-
 def test_metrics_service_is_scraped(release: Release) -> None:
     """Every replica behind the metrics Service answers /metrics; the leader's has the job,
     reconcile and state metrics. The Service is resolved as kube-proxy would, from its selector
@@ -312,7 +299,7 @@ def test_examples_show_no_drift_after_the_operator_reconciled_them(release: Rele
         custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, n)
 
 
-def test_upgrade_rolls_the_operator_and_leaves_the_running_job_alone(release: Release, jobs: Jobs) -> None:
+def test_a_job_succeeds_and_an_upgrade_rolls_the_operator_leaving_it_alone(release: Release, jobs: Jobs) -> None:
     name = unique("upgrade")
     jobs.create(manifest(name, training={"maxSteps": 40, "microBatchSize": 2, "gradientAccumulation": 1,
                                          "checkpoint": {"everySteps": 10, "keep": 2}}))
@@ -337,6 +324,12 @@ def test_upgrade_rolls_the_operator_and_leaves_the_running_job_alone(release: Re
     assert pod.metadata.uid == pod_uid
     status = jobs.wait_state(name, "Succeeded", timeout=600)["status"]
     assert status["attempts"] == 1 and status["placement"]["pod"] == training_pod
+    # A job succeeds through the installed operator: its adapter is in S3, and the operator's pods
+    # (under the chart's ServiceAccount) wrote the status.
+    assert status["adapter"]["uri"].startswith("s3://finetune/adapters/")
+    managers = {m["manager"] for m in jobs.get(name)["metadata"]["managedFields"] if m.get("subresource") == "status"}
+    assert managers
+    assert release.leader() in {p.metadata.name for p in release.pods()}
 
 
 def test_the_standby_takes_over_when_the_leaders_pod_is_deleted(release: Release) -> None:
