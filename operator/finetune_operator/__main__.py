@@ -18,7 +18,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command == "crds":
         from finetune_operator import crdgen
 
-        return crdgen.main(args)
+        if args:
+            print(f"crds takes no arguments (got {' '.join(args)}); it prints the CRD: "
+                  "python -m finetune_operator crds > crd.yaml", file=sys.stderr)
+            return 2
+        return crdgen.main()
     if command == "run":
         return run(args)
     print(f"unknown command {command!r}; use run, estimate or crds", file=sys.stderr)
