@@ -80,6 +80,11 @@ def test_rendered_chart_is_accepted_by_the_api_server(helm: Path, kubectl: Kubec
     release = f"fto-{namespace[-6:]}"
     manifest = render(helm, release, namespace, tmp_path, UNIT.FULL if values == "full" else None)
     rendered = objects(manifest)
+    if any(o["kind"] == "ServiceMonitor" for o in rendered):
+        # Every key includes the optional ServiceMonitor: its CRD comes with prometheus-operator.
+        crd = REPO / "tests" / "integration" / "fixtures" / "servicemonitors.monitoring.coreos.com.yaml"
+        kubectl("apply", "--server-side", "-f", str(crd))
+        kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com")
     assert {o["kind"] for o in rendered} >= {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
                                              "ServiceAccount", "ConfigMap", "Deployment"}
     lines = dry_run(kubectl, manifest)
