@@ -186,7 +186,7 @@ def test_install_runs_the_operator_from_the_chart_under_its_service_account(rele
 
 def test_metrics_service_is_scraped(release: Release) -> None:
     """Every replica behind the metrics Service answers /metrics; the leader's has the job,
-    reconcile and state metrics. The Service is resolved as kube-proxy would, from its selector
+    reconcile, state and work-queue metrics. The Service is resolved as kube-proxy would, from its selector
     and targetPort to the Ready pods' ports: the local pods' address is 127.0.0.1, which
     EndpointSlices refuse (no loopback endpoints), so the controller cannot publish them here."""
     svc = client.CoreV1Api(release.api).read_namespaced_service(f"{release.name}-metrics", release.namespace)
@@ -212,8 +212,9 @@ def test_metrics_service_is_scraped(release: Release) -> None:
             texts[pod_name] = resp.read().decode()
     leader_text = texts[release.leader()]
     assert "finetune_reconcile_duration_seconds_count" in leader_text
-    assert 'finetune_state_transitions_total{state="Succeeded"}' in leader_text
-    assert "finetune_jobs{" in leader_text
+    assert "# TYPE finetune_state_transitions_total counter" in leader_text
+    assert 'finetune_jobs{state="Running"}' in leader_text
+    assert "finetune_workqueue_depth " in leader_text and "finetune_workqueue_adds_total " in leader_text
 
 
 def test_edit_and_view_users_get_finetunejobs_through_the_standard_roles(release: Release) -> None:
