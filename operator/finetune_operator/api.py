@@ -637,6 +637,10 @@ class DataStatus(_ApiModel):
     tokens_max: int | None = None
     truncated_fraction: StatusDecimal | None = None
     warnings: Annotated[list[Annotated[str, Field(max_length=1024)]], Field(max_length=32)] | None = None
+    loss_masking: Annotated[str, Field(max_length=64)] | None = None
+    """What the loss covers, as the inspection decided: assistant_only, completion_only or none (trainOnInputs)."""
+    chat_template: Annotated[str, Field(max_length=128)] | None = None
+    """The chat template the trainer renders with (a marked variant's name, or the model's own)."""
 
 
 class FineTuneJobStatus(_ApiModel):

@@ -256,7 +256,7 @@ def _inspect(
         return None
     data = summary.get("data") or {}
     if data:
-        st.data["data"] = _data_status(data)
+        st.data["data"] = _data_status(data, summary.get("lossMasking"))
     arch_info = summary.get("architecture")
     arch: Architecture | None = None
     if isinstance(arch_info, dict) and arch_info:
@@ -281,7 +281,7 @@ def _line_errors(summary: dict[str, Any]) -> str:
     return (": " + "; ".join(listed)) if listed else ""
 
 
-def _data_status(data: dict[str, Any]) -> dict[str, Any]:
+def _data_status(data: dict[str, Any], masking: Any = None) -> dict[str, Any]:
     tokens = data.get("tokens") or {}
     out: dict[str, Any] = {
         "examples": data.get("examples"), "train": data.get("train"), "validation": data.get("validation"),
@@ -291,6 +291,9 @@ def _data_status(data: dict[str, Any]) -> dict[str, Any]:
         out["truncatedFraction"] = str(data["truncatedFraction"])
     if data.get("warnings"):
         out["warnings"] = [str(w)[:1024] for w in data["warnings"]][:32]
+    if isinstance(masking, dict):  # docs/contract.md: the inspection's lossMasking report
+        out["lossMasking"] = str(masking.get("mode"))[:64] if masking.get("mode") else None
+        out["chatTemplate"] = str(masking.get("chatTemplate"))[:128] if masking.get("chatTemplate") else None
     return {k: v for k, v in out.items() if v is not None}
 
 

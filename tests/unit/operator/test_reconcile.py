@@ -48,7 +48,9 @@ CM = cache.configmap_facts({"metadata": {}})
 def inspected(body: dict[str, Any], arch: dict[str, Any] | None = None) -> reconcile.Observed:
     summary = {"class": "Succeeded", "architecture": arch or TINY_ARCH,
                "data": {"examples": 100, "train": 90, "validation": 10, "tokens": {"p50": 40, "p95": 80, "max": 90},
-                        "truncatedFraction": "0", "warnings": []}}
+                        "truncatedFraction": "0", "warnings": []},
+               "lossMasking": {"mode": "assistant_only", "trainOnInputs": False, "chatTemplate": "chatml",
+                               "zeroWeightMessages": 0}}
     return reconcile.Observed(body=body, inspect_config=CM,
                               inspect_pod=pod("Succeeded", exit_code=0, message=summary), nodes=FLEET)
 
@@ -124,6 +126,9 @@ def test_passed_inspection_creates_training_objects_with_resolved_values(body: d
     assert resolved["targetModules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # [auto]: all linear
     assert plan.status_data()["estimate"]["totalBytes"] > 0
     assert plan.status_data()["data"]["examples"] == 100
+    # What the loss covers is recorded in status, as the inspection decided it (issue 9 part 3).
+    assert plan.status_data()["data"]["lossMasking"] == "assistant_only"
+    assert plan.status_data()["data"]["chatTemplate"] == "chatml"
     job = plan.ensure[-1]
     terms = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
     assert terms["requiredDuringSchedulingIgnoredDuringExecution"]
