@@ -58,7 +58,7 @@ def wait_for_pod(
                 resource_version=rv,
                 timeout_seconds=max(1, int(min(remaining, 30))),
             ):
-                obj = ev["raw_object"]
+                obj: dict[str, Any] = ev["raw_object"]
                 if ev["type"] == "DELETED":
                     obj = {}
                 elif ev["type"] not in ("ADDED", "MODIFIED"):

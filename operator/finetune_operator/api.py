@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
@@ -28,17 +28,8 @@ SHORT_NAMES = ("ftj",)
 CRD_NAME = f"{PLURAL}.{GROUP}"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-# Condition types the operator sets; printer columns select by these names, never by position.
-CONDITION_VALIDATED = "Validated"
-CONDITION_INSPECTED = "Inspected"
-CONDITION_SCHEDULED = "Scheduled"
-CONDITION_RUNNING = "Running"
-CONDITION_SUCCEEDED = "Succeeded"
-CONDITION_FAILED = "Failed"
-CONDITION_SUSPENDED = "Suspended"
-
 State = Literal["Validating", "Inspecting", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
-STATES: tuple[str, ...] = State.__args__
+STATES: tuple[str, ...] = get_args(State)
 
 # --- scalar types ---------------------------------------------------------------------------
 # Bounds on every string, list and map keep the immutability rules (``self == oldSelf``) inside

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 # Leaf Linear layers inside each decoder layer, per model_type. Llama's names are the common case;
 # Phi-3 fuses q/k/v and gate/up.
@@ -76,6 +76,16 @@ SUPPORTED_MODEL_TYPES = tuple(sorted(FAMILY_MODULES))
 # Gemma 2/3 have four norms per layer (pre/post attention and feed-forward), the others two.
 _NORMS_PER_LAYER = {"gemma2": 4, "gemma3": 4, "gemma3_text": 4}
 OUTPUT_MODULES = frozenset({"lm_head", "embed_out", "output"})
+
+
+class _MoeFields(TypedDict, total=False):
+    """The Architecture fields from_hf_config reads from a MoE family's config.json."""
+
+    num_experts: int
+    experts_per_token: int
+    expert_intermediate_size: int
+    shared_expert_intermediate_size: int
+    moe_layers: int
 
 
 class ArchitectureError(ValueError):
@@ -198,7 +208,7 @@ class Architecture:
         else:
             names = FAMILY_MODULES.get(model_type, LLAMA_MODULES)
         layers = need("num_hidden_layers", "n_layer", "num_layers")
-        moe: dict[str, int] = {}
+        moe: _MoeFields = {}
         unsupported = None
         family = MOE_FAMILIES.get(model_type)
         if family is not None:

@@ -245,7 +245,8 @@ class Children:
     configmaps: dict[str, ConfigMapFacts] = field(default_factory=dict)
 
     def table(self, kind: str) -> dict[str, Any]:
-        return {"Pod": self.pods, "Job": self.jobs, "ConfigMap": self.configmaps}[kind]
+        tables: dict[str, dict[str, Any]] = {"Pod": self.pods, "Job": self.jobs, "ConfigMap": self.configmaps}
+        return tables[kind]
 
     def empty(self) -> bool:
         return not (self.pods or self.jobs or self.configmaps)

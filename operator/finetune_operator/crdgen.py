@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from . import api
+from . import conditions as cond
 
 # Emitted in this order so the committed YAML reads top-down and diffs stay small.
 _KEY_ORDER = (
@@ -139,11 +140,11 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "VRAM", "type": "string", "jsonPath": ".status.estimate.total", "priority": 1},
     {
         "name": "Reason", "type": "string", "priority": 1,
-        "jsonPath": f'.status.conditions[?(@.type=="{api.CONDITION_FAILED}")].reason',
+        "jsonPath": f'.status.conditions[?(@.type=="{cond.FAILED}")].reason',
     },
     {
         "name": "Message", "type": "string", "priority": 1,
-        "jsonPath": f'.status.conditions[?(@.type=="{api.CONDITION_FAILED}")].message',
+        "jsonPath": f'.status.conditions[?(@.type=="{cond.FAILED}")].message',
     },
 ]
 

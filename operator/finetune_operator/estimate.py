@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Literal
+from typing import Any, Literal
 
 from .arch import EXPERT_PARAMETERS, Architecture
 
@@ -231,6 +231,6 @@ def estimate(arch: Architecture, shape: TrainingShape, *, safety_margin: Decimal
     )
 
 
-def with_changes(shape: TrainingShape, **changes: object) -> TrainingShape:
+def with_changes(shape: TrainingShape, **changes: Any) -> TrainingShape:
     """A copy of ``shape`` with some fields changed (for what-if suggestions)."""
-    return replace(shape, **changes)  # type: ignore[arg-type]
+    return replace(shape, **changes)

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -169,7 +170,7 @@ def run(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
         )
     decision = placement.plan(
         spec, arch, inventory,
-        headroom_fraction=operator.vram_headroom if args.config else args.headroom,
+        headroom_fraction=Decimal(operator.vram_headroom if args.config else args.headroom),
         allow_trust_remote_code=args.allow_trust_remote_code or operator.allow_trust_remote_code,
         gpu_prices=operator.gpu_prices, operator_tolerations=operator.gpu_tolerations,
     )

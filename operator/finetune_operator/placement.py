@@ -13,14 +13,14 @@ affinity whose weights follow that order, so the scheduler takes the cheapest fr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, Literal
 
 from . import api, catalog
 from .arch import Architecture
-from .estimate import Estimate, TrainingShape, estimate, gib, with_changes
+from .estimate import ComputeDtypeName, Estimate, TrainingShape, estimate, gib, with_changes
 from .arch import EXPERT_PARAMETERS
 from .gpus import GPU_CATALOG, MIN_DRIVER_MAJOR, GpuInventory, GpuNode, GpuProduct
 
@@ -179,8 +179,10 @@ def resolve_target_modules(spec: api.FineTuneJobSpec, arch: Architecture) -> tup
 
 def dtype_for_capability(capability: tuple[int, int] | None, requested: str) -> Literal["bf16", "fp16"]:
     """The compute dtype on a GPU: the spec's when pinned, else bf16 on compute capability ≥ 8.0 and fp16 below."""
-    if requested in ("bf16", "fp16"):
-        return requested  # type: ignore[return-value]
+    if requested == "bf16":
+        return "bf16"
+    if requested == "fp16":
+        return "fp16"
     return "bf16" if capability is not None and capability >= (8, 0) else "fp16"
 
 
@@ -237,7 +239,7 @@ class _Context:
 
 
 def _quantity_bytes(q: int | str) -> int:
-    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    units: dict[str, int | Decimal] = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
              "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18, "m": Decimal("0.001")}
     text = str(q)
     for suffix in sorted(units, key=len, reverse=True):
@@ -246,13 +248,15 @@ def _quantity_bytes(q: int | str) -> int:
     return int(Decimal(text))
 
 
-def _base_shape(spec: api.FineTuneJobSpec, targets: list[str], dtype: str, micro: int) -> TrainingShape:
+def _base_shape(
+    spec: api.FineTuneJobSpec, targets: list[str], dtype: ComputeDtypeName | Literal["auto"], micro: int
+) -> TrainingShape:
     quant = spec.effective_quantization()
     bits = spec.quantization_bits()
     return TrainingShape(
         bits=4 if bits == 4 else (8 if bits == 8 else None),
         double_quant=quant.double_quant,
-        compute_dtype="fp16" if dtype == "auto" else dtype,  # type: ignore[arg-type]  # bf16 and fp16 weigh the same
+        compute_dtype="fp16" if dtype == "auto" else dtype,  # bf16 and fp16 weigh the same
         r=spec.lora.r,
         target_modules=tuple(targets),
         dora=spec.lora.use_dora,
@@ -344,7 +348,7 @@ def plan(
     headroom_fraction: float | Decimal = Decimal("0.1"),
     allow_trust_remote_code: bool = False,
     gpu_prices: Mapping[str, Decimal | str | float] | None = None,
-    operator_tolerations: list[Mapping[str, Any]] | None = None,
+    operator_tolerations: Sequence[Mapping[str, Any]] | None = None,
     min_driver_major: int = MIN_DRIVER_MAJOR,
 ) -> PlacementDecision:
     """Decide where (and whether) a job can run; see the module docstring.
@@ -432,7 +436,7 @@ def plan(
         dtypes = {f.compute_dtype for f in eligible}
         # Every GPU runs its own dtype (fp16 on 7.x, bf16 on ≥ 8.0): the trainer decides on the GPU it
         # lands on and the operator records the choice once the pod is placed (dtype_on_node).
-        dtype: Literal["bf16", "fp16", "auto"] = dtypes.pop() if len(dtypes) == 1 else "auto"
+        job_dtype: Literal["bf16", "fp16", "auto"] = dtypes.pop() if len(dtypes) == 1 else "auto"
         smallest = min(eligible, key=lambda f: f.usable_bytes)
         if micro_fixed is not None:
             micro = micro_fixed
@@ -441,12 +445,12 @@ def plan(
             batch = training.batch_size or 1
             micro = _auto_micro_batch(arch, spec, targets, smallest.compute_dtype, batch, smallest.usable_bytes)
             accumulation = batch // micro
-        est = estimate(arch, _base_shape(spec, targets, dtype, micro))
+        est = estimate(arch, _base_shape(spec, targets, job_dtype, micro))
         if micro != (micro_fixed or 1):
             fits = [replace(f, estimate_bytes=est.total_bytes) if f.fits else f for f in fits]
         names = [f.product for f in eligible]
         chosen = {p.product: p for p in ctx.products}
-        dtype_text = dtype if dtype != "auto" else "bf16 on compute capability ≥ 8.0, fp16 below"
+        dtype_text = job_dtype if job_dtype != "auto" else "bf16 on compute capability ≥ 8.0, fp16 below"
         order = "cheapest first" if prices else "smallest first"
         return PlacementDecision(
             state="Ready", reason="Fits",
@@ -456,7 +460,7 @@ def plan(
             ),
             estimate=est, eligible_products=names,
             node_affinity=node_affinity([chosen[n] for n in names]),
-            compute_dtype=dtype, micro_batch_size=micro, gradient_accumulation=accumulation,
+            compute_dtype=job_dtype, micro_batch_size=micro, gradient_accumulation=accumulation,
             products=fits, warnings=warnings, **common,
         )
 

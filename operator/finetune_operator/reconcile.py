@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from finetune_operator import api, builders, catalog, gpus, placement
+from finetune_operator import api, builders, catalog, gpus, naming, placement
 from finetune_operator import conditions as cond
 from finetune_operator.arch import Architecture
 from finetune_operator.cache import ConditionFacts, ConfigMapFacts, JobFacts, PodFacts
@@ -339,7 +339,7 @@ def _place(
         builders.trainer_configmap(body, spec, config, resolved),
         builders.training_job(body, spec, config, decision.node_affinity),
     ])
-    st.data["jobName"] = builders.naming.training_job(body["metadata"]["name"])
+    st.data["jobName"] = naming.training_job(body["metadata"]["name"])
     return True
 
 

@@ -107,7 +107,7 @@ class WorkQueue(Generic[K]):
         with self._cond:
             n = self._failures.get(key, 0)
             self._failures[key] = n + 1
-        delay = min(self._max, self._base * (2 ** n))
+        delay = min(self._max, self._base * (2.0 ** n))
         self.stats.event("retry")
         self.add_after(key, delay)
         return delay

@@ -72,9 +72,9 @@ def has_generation_markers(template: str | None) -> bool:
 # A renderer: (template, messages, tools, add_generation_prompt) -> text; raises on a template error.
 Render = Callable[[str, list[dict[str, Any]], list[dict[str, Any]] | None, bool], str]
 
-_PROBE_TOOL = {"type": "function", "function": {"name": "fto_probe_tool", "description": "probe",
+_PROBE_TOOL: dict[str, Any] = {"type": "function", "function": {"name": "fto_probe_tool", "description": "probe",
                                                   "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}
-_PROBE_CALL = {"type": "function", "id": "call0001a", "function": {"name": "fto_probe_call", "arguments": {"x": 1}}}
+_PROBE_CALL: dict[str, Any] = {"type": "function", "id": "call0001a", "function": {"name": "fto_probe_call", "arguments": {"x": 1}}}
 
 
 def probe_conversations() -> list[tuple[list[dict[str, Any]], list[dict[str, Any]] | None]]:
@@ -117,7 +117,7 @@ def renders_identically(render: Render, stock: str, marked: str,
 
 def supports_tools(render: Render, template: str) -> bool:
     """Whether the template renders both a tools list and an assistant tool call (by their names)."""
-    msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [_PROBE_CALL]},
+    msgs: list[dict[str, Any]] = [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": [_PROBE_CALL]},
             {"role": "tool", "tool_call_id": "call0001a", "content": "r"}, {"role": "assistant", "content": "a"}]
     try:
         text = render(template, msgs, [_PROBE_TOOL], False)
@@ -130,7 +130,7 @@ def jinja_renderer(special: dict[str, str] | None = None) -> Render:
     """Render with transformers' own chat-template environment (no tokenizer needed)."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    tokens = special or {"bos_token": "<s>", "eos_token": "</s>"}
+    tokens: dict[str, Any] = special or {"bos_token": "<s>", "eos_token": "</s>"}
 
     def render(template: str, messages: list[dict[str, Any]], tools: Any, gen: bool) -> str:
         out, _ = render_jinja_template(conversations=[messages], tools=tools, chat_template=template,

@@ -15,7 +15,7 @@ import signal
 import time
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 from .errors import Interrupted
 from .progress import ProgressReporter
@@ -100,7 +100,7 @@ def load_test_hooks() -> dict[str, Any]:
 def _make_callback_base() -> type:
     from transformers import TrainerCallback
 
-    return TrainerCallback
+    return cast(type, TrainerCallback)
 
 
 def make_checkpoint_callback(

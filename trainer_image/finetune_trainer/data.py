@@ -223,13 +223,13 @@ def _content_text(value: Any, path: str, errors: list[str], *, optional: bool = 
             texts.append(text)
         if errors:
             return None
-        value = "".join(texts)
-        if not value.strip():
+        joined = "".join(texts)
+        if not joined.strip():
             if optional:
                 return None
             errors.append(f"{path} is empty")
             return None
-        return value
+        return joined
     if not isinstance(value, str):
         errors.append(f"{path} must be a string or an array of text parts, got {_type_name(value)}")
         return None
@@ -723,8 +723,8 @@ def load_jsonl(
         else:
             with open(validation_path, encoding="utf-8-sig") as f:
                 vparsed = parse_lines(f, data_format, vreport, check_example, system_prompt)
-        for e in vreport.errors:
-            report.add_error(e.line, f"validation file: {e.message}")
+        for err in vreport.errors:
+            report.add_error(err.line, f"validation file: {err.message}")
         report.errors_total += vreport.errors_total - len(vreport.errors)
         report.fatal.extend(f"validation file: {m}" for m in vreport.fatal)
         validation = [inject_system_prompt(ex, system_prompt) for _, ex in vparsed]

@@ -31,7 +31,7 @@ def nproc_per_node() -> int:
         return int(os.environ[NPROC_ENV])
     import torch
 
-    return max(1, torch.cuda.device_count())
+    return max(1, int(torch.cuda.device_count()))
 
 
 def _pick(messages: dict[int, dict[str, Any]]) -> dict[str, Any] | None:

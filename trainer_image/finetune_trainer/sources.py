@@ -149,7 +149,7 @@ def resolve_dataset(uri: str, *, s3: Any | None, work_dir: str, field_name: str 
         repo = "/".join(parts[:2])
         if len(parts) > 2:
             return str(hf_hub_download(repo, "/".join(parts[2:]), repo_type="dataset", revision=rev or None, token=_hf_token()))
-        path = snapshot_download(repo, repo_type="dataset", revision=rev or None, token=_hf_token(), allow_patterns=["*.jsonl"])
+        path = str(snapshot_download(repo, repo_type="dataset", revision=rev or None, token=_hf_token(), allow_patterns=["*.jsonl"]))
         files = sorted(
             os.path.relpath(os.path.join(r, n), path) for r, _, ns in os.walk(path) for n in ns if n.endswith(".jsonl")
         )

@@ -185,7 +185,7 @@ def download_prefix(client: Any, uri: S3Uri, local_dir: str, *, workers: int = 8
     objects = [o for o in list_keys(client, S3Uri(uri.bucket, prefix)) if not o["Key"].endswith("/")]
 
     def fetch(obj: dict[str, Any]) -> str:
-        rel = obj["Key"][len(prefix) :]
+        rel: str = obj["Key"][len(prefix) :]
         dest = os.path.join(local_dir, rel)
         os.makedirs(os.path.dirname(dest) or ".", exist_ok=True)
         tmp = dest + ".part"
