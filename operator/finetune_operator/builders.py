@@ -22,7 +22,6 @@ CA_BUNDLE_DIR = "/etc/finetune/ca"
 TERMINATION_LOG = "/dev/termination-log"
 
 # Exit codes agreed with the trainer (docs/contract.md).
-EXIT_OTHER = 1
 EXIT_DATA_ERROR = 10
 EXIT_CONFIG_ERROR = 11
 EXIT_CUDA_OOM = 12
@@ -39,11 +38,6 @@ def spec_hash(spec: dict[str, Any]) -> str:
     material = json.loads(json.dumps(spec))
     (material.get("runPolicy") or {}).pop("suspend", None)
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def run_prefix(spec: FineTuneJobSpec, name: str, uid: str) -> str:
-    """Everything of one run lives here; the UID keeps a re-created job from meeting old checkpoints."""
-    return f"{spec.output.uri}{name}-{uid}/"
 
 
 def s3_endpoint(spec: FineTuneJobSpec, config: OperatorConfig) -> str:

@@ -74,11 +74,6 @@ LogitsMode = Literal["chunked", "materialized"]
 AttentionImpl = Literal["sdpa", "eager", "flash_attention_2"]
 _DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
-BREAKDOWN_KEYS = (
-    "linearWeights", "expertWeights", "embeddingWeights", "adapter", "activations", "logits", "overhead", "safetyMargin",
-)
-
-
 @dataclass(frozen=True)
 class TrainingShape:
     """Everything besides the architecture that moves the peak."""

@@ -1,7 +1,9 @@
 """Exactly one active replica, through a coordination.k8s.io Lease.
 
-kopf's peering is a priority freeze, not a lease: equal-priority peers can both act. Here a
-replica acts only while it holds an unexpired Lease; a holder that stops renewing loses it
+kopf's peering is a priority freeze, not a lease: a replica pauses while a live peer of higher
+priority exists, and when peers of equal priority meet, every one of them pauses (itself
+included) until the others are gone, so identical replicas would stand each other still. Here
+a replica acts only while it holds an unexpired Lease; a holder that stops renewing loses it
 after `leaseDurationSeconds`, and the next replica takes over.
 """
 

@@ -42,13 +42,12 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("phi3", "phi3", "Phi-3-mini-instruct", ("<|assistant|>",)),
     Variant("phi3_5", "phi3", "Phi-3.5-mini-instruct", ("<|assistant|>",)),
 )
-FAMILIES = tuple(dict.fromkeys(v.family for v in VARIANTS))
 
 
 @dataclass(frozen=True)
 class TemplateChoice:
     template: str | None
-    family: str  # a FAMILIES entry, own-marked, unmarked or none
+    family: str  # a Variant's family, own-marked, unmarked or none
     marked: bool
     variant: str | None = None  # the templates/ file used, if any
     tools: bool = False  # the template renders a tools list and assistant tool calls

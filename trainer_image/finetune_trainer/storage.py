@@ -75,10 +75,6 @@ def make_client(settings: S3Settings) -> Any:
     return boto3.client("s3", **kwargs)
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_path(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -1,5 +1,6 @@
-"""The operator's layering (STYLE.md): pure modules never reach the API, kopf stays in handlers,
-and the operator never pulls the trainer's torch stack. Enforced with import-linter."""
+"""The operator's layering (STYLE.md): every module sits in one layer and imports only downwards,
+pure modules never reach the API, kopf stays in handlers, and the operator never pulls the
+trainer's torch stack. Enforced with import-linter (.importlinter)."""
 
 from __future__ import annotations
 
