@@ -455,6 +455,8 @@ class FineTuneJobSpec(_ApiModel):
     output: OutputSpec = Field(json_schema_extra=cel(immutable("output")))
     tracking: TrackingSpec | None = Field(default=None, json_schema_extra=cel(immutable("tracking")))
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, json_schema_extra={"default": {}})
+    trainer_image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")] | None = None
+    """This job's trainer image instead of the operator's; must be on the operator's allowedTrainerImages when that list is set."""
 
     rules = (
         Rule(
@@ -479,6 +481,12 @@ class FineTuneJobSpec(_ApiModel):
             "has(self.tracking) == has(oldSelf.tracking)",
             "tracking is immutable; delete and re-create the job to change it",
             ".tracking",
+        ),
+        Rule(
+            "has(self.trainerImage) == has(oldSelf.trainerImage)"
+            " && (!has(self.trainerImage) || self.trainerImage == oldSelf.trainerImage)",
+            "trainerImage is immutable; delete and re-create the job to change it",
+            ".trainerImage",
         ),
     )
 
@@ -691,6 +699,7 @@ _PATTERN_WORDS: dict[str, str] = {
     r"^[A-Za-z0-9_.\-/]+$": "a commit sha, tag or branch (letters, digits, '_', '.', '-' and '/')",
     r"^https?://[^\s]+$": "an http:// or https:// URL",
     r"^[a-z0-9\-]+$": "a region name such as us-east-1 (lowercase letters, digits and '-')",
+    r"^[^\s]+$": "an image reference without spaces, e.g. registry.example/team/trainer:1.2.0",
 }
 _TYPE_ERRORS = {"string_type", "int_type", "int_parsing", "int_from_float", "bool_type", "bool_parsing", "dict_type",
                 "model_type", "model_attributes_type", "list_type", "float_type", "literal_error"}

@@ -40,6 +40,11 @@ def spec_hash(spec: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def trainer_image(spec: FineTuneJobSpec, config: OperatorConfig) -> str:
+    """The job's own trainer image (policy_errors checked it against the allow-list) or the operator's."""
+    return spec.trainer_image or config.trainer_image
+
+
 def s3_endpoint(spec: FineTuneJobSpec, config: OperatorConfig) -> str:
     return spec.output.endpoint or config.s3.endpoint
 
@@ -299,7 +304,7 @@ def _pod_spec(
     ]
     container = {
         "name": "trainer",
-        "image": config.trainer_image,
+        "image": trainer_image(spec, config),
         "imagePullPolicy": "IfNotPresent",
         "command": ["finetune-trainer"],
         "args": args,

@@ -84,6 +84,11 @@ def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig) -> list[str
     if endpoint and endpoint not in config.allowed_endpoints():
         allowed = ", ".join(sorted(config.allowed_endpoints())) or "none (leave it unset for the default)"
         errors.append(f"spec.output.endpoint: {endpoint!r} is not an allowed S3 endpoint (allowed: {allowed})")
+    image = spec.trainer_image
+    if image and config.allowed_trainer_images and image != config.trainer_image and image not in config.allowed_trainer_images:
+        errors.append(f"spec.trainerImage: {image!r} is not an allowed trainer image (allowed: "
+                      f"{', '.join([config.trainer_image, *config.allowed_trainer_images])}); remove the field for the "
+                      "operator's default, or ask the platform team to add it to allowedTrainerImages")
     if not endpoint and not config.s3.endpoint and not spec.output.region:
         errors.append("spec.output.region: set the S3 region (or an endpoint): the operator has no default")
     return errors
@@ -228,8 +233,9 @@ def _inspect(
     if phase in ("Pending", "Running", "Unknown"):
         reason, message = _waiting_reason(pod)
         if reason in IMAGE_PULL_REASONS:
-            st.fail("ImagePullFailed", f"inspection pod cannot pull {config.trainer_image}: {message or reason}; "
-                    "check the operator's trainerImage and imagePullSecrets")
+            where = "spec.trainerImage" if spec.trainer_image else "the operator's trainerImage"
+            st.fail("ImagePullFailed", f"inspection pod cannot pull {builders.trainer_image(spec, config)}: "
+                    f"{message or reason}; check {where} and imagePullSecrets")
             return None
         st.state("Inspecting")
         st.condition(cond.INSPECTED, None, "Running", "inspecting the model and data on a CPU-only pod")

@@ -73,15 +73,22 @@ def test_happy_path_trains_and_reports(jobs: Jobs, start_operator: Any, s3_clien
 
 
 def test_operator_policy_refusal_is_invalid_spec(jobs: Jobs, start_operator: Any) -> None:
-    start_operator()
+    start_operator(allowed_trainer_images=["registry.example/fto/trainer:0.2.0"])
     name = unique("trust")
     body = manifest(name)
     body["spec"]["baseModel"]["trustRemoteCode"] = True
     jobs.create(body)
+    image = unique("image")
+    jobs.create(manifest(image, trainerImage="registry.example/someone/trainer:latest"))
     status = jobs.wait_state(name, "Failed", timeout=60)["status"]
     assert status["failure"]["reason"] == "InvalidSpec"
     assert "spec.baseModel.trustRemoteCode" in status["failure"]["message"]
     assert jobs.pods(f"finetune.dev/job={name}") == []
+    status = jobs.wait_state(image, "Failed", timeout=60)["status"]
+    assert status["failure"]["reason"] == "InvalidSpec"
+    assert "spec.trainerImage" in status["failure"]["message"]
+    assert "registry.example/someone/trainer:latest" in status["failure"]["message"]
+    assert jobs.pods(f"finetune.dev/job={image}") == []
 
 
 def test_bad_data_is_stopped_at_inspection_without_a_gpu_job(jobs: Jobs, start_operator: Any) -> None:

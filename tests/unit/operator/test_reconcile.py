@@ -99,6 +99,32 @@ def test_endpoint_outside_allow_list_refused(body: dict[str, Any]) -> None:
     assert "spec.output.endpoint" in plan.status_data()["failure"]["message"]
 
 
+def test_trainer_image_outside_allow_list_refused(body: dict[str, Any]) -> None:
+    """allowedTrainerImages set: a job naming another image fails on the field; a listed one runs in it."""
+    body["spec"]["trainerImage"] = "registry.example/someone/trainer:latest"
+    listed = "registry.example/fto/trainer:0.2.0"
+    config = CONFIG.model_copy(update={"allowed_trainer_images": [listed]})
+    plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), config)
+    assert plan.status_data()["failure"]["reason"] == "InvalidSpec"
+    message = plan.status_data()["failure"]["message"]
+    assert "spec.trainerImage" in message and "registry.example/someone/trainer:latest" in message and listed in message
+    assert plan.ensure == []
+
+    body["spec"]["trainerImage"] = listed
+    plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), config)
+    assert plan.status_data()["state"] == "Inspecting"
+    assert plan.ensure[1]["spec"]["containers"][0]["image"] == listed
+
+
+def test_trainer_image_without_allow_list_is_any_and_default_when_unset(body: dict[str, Any]) -> None:
+    plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), CONFIG)
+    assert plan.ensure[1]["spec"]["containers"][0]["image"] == CONFIG.trainer_image
+    body["spec"]["trainerImage"] = "registry.example/someone/trainer:latest"
+    plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), CONFIG)
+    assert plan.status_data()["state"] == "Inspecting"
+    assert plan.ensure[1]["spec"]["containers"][0]["image"] == "registry.example/someone/trainer:latest"
+
+
 def test_data_error_at_inspection_fails_without_a_job(body: dict[str, Any]) -> None:
     obs = reconcile.Observed(body=body, inspect_config=CM, inspect_pod=pod(
         "Failed", exit_code=builders.EXIT_DATA_ERROR,
