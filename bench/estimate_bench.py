@@ -19,8 +19,8 @@ from typing import Any, Callable
 
 from finetune_operator import catalog, placement
 from finetune_operator.estimate import GiB, TrainingShape, estimate
-from finetune_operator.estimate_cli import load_nodes
 from finetune_operator.gpus import inventory_from_nodes
+from localcluster.fleet import load_fleet, node_objects
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -65,7 +65,7 @@ def main() -> int:
     parser.add_argument("--fleet", default=str(REPO / "localcluster" / "fleet.yaml"))
     args = parser.parse_args()
 
-    inventory = inventory_from_nodes(load_nodes(args.fleet))
+    inventory = inventory_from_nodes(node_objects(load_fleet(Path(args.fleet))))
     models = sorted({catalog.lookup(m).name for m in catalog.model_ids()})  # type: ignore[union-attr]
     jobs = [(m, spec_for(m), catalog.lookup(m)) for m in models]
     print(f"# placement.plan: {len(jobs)} catalog models x {len(inventory.nodes)} GPU nodes "

@@ -1,4 +1,4 @@
-"""``python -m localcluster up|down|status|supervise`` — the local test cluster's CLI."""
+"""``python -m localcluster up|down|status|nodes|supervise`` — the local test cluster's CLI."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     pu.add_argument("--port", type=int, default=None, help="kube-apiserver port (default: a free one)")
     sub.add_parser("down", help="stop everything `up` started")
     sub.add_parser("status", help="show which processes run")
+    pn = sub.add_parser("nodes", help="print the fleet's Node objects as a kind: List (for `finetune_operator estimate --nodes`)")
+    pn.add_argument("--fleet", type=Path, default=None, help="fleet YAML (default: localcluster/fleet.yaml)")
     sub.add_parser("supervise", help="(internal) run node heartbeats and the pod runner")
     for sp in sub.choices.values():
         sp.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS)
@@ -48,6 +50,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"s3 endpoint: {info.s3_endpoint}  access key: {info.s3_access_key}  secret key: {info.s3_secret_key}")
         print(f"environment: source {state / 'env'}")
         print(f"ready in {info.timings['total']:.1f}s ({', '.join(f'{k} {v:.1f}s' for k, v in info.timings.items())})")
+        return 0
+    if a.cmd == "nodes":
+        import yaml
+
+        from localcluster.fleet import FleetError, load_fleet, node_objects
+
+        try:
+            items = node_objects(load_fleet(a.fleet))
+        except (OSError, FleetError) as e:
+            print(f"localcluster nodes: {e}", file=sys.stderr)
+            return 1
+        sys.stdout.write(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}, sort_keys=False))
         return 0
     if a.cmd == "down":
         left = down(state)

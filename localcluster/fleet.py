@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ class Gpu:
     compute_major: int
     compute_minor: int
     family: str
+    driver_major: int | None = None
+    """The CUDA driver's major version GFD reports (nvidia.com/cuda.driver-version.major); None: unlabelled."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class NodeSpec:
                     "nvidia.com/gpu.family": self.gpu.family,
                 }
             )
+            if self.gpu.driver_major is not None:
+                labels["nvidia.com/cuda.driver-version.major"] = str(self.gpu.driver_major)
         labels.update(self.labels)
         return labels
 
@@ -73,6 +78,19 @@ class NodeSpec:
         if self.gpu:
             cap["nvidia.com/gpu"] = str(self.gpu.count)
         return cap
+
+    def node_object(self) -> dict[str, Any]:
+        """The Node object as the local cluster registers it (labels, capacity, taints)."""
+        cap = self.capacity()
+        node: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": self.name, "labels": self.node_labels()},
+            "status": {"capacity": dict(cap), "allocatable": dict(cap)},
+        }
+        if self.taints:
+            node["spec"] = {"taints": [dict(t) for t in self.taints]}
+        return node
 
 
 class FleetError(ValueError):
@@ -94,6 +112,7 @@ def _node(i: int, raw: dict[str, Any]) -> NodeSpec:
                 compute_major=int(g["computeMajor"]),
                 compute_minor=int(g["computeMinor"]),
                 family=str(g.get("family", "")),
+                driver_major=int(g["driverMajor"]) if g.get("driverMajor") is not None else None,
             )
         except KeyError as e:
             raise FleetError(f"{where}.gpu.{e.args[0]}: required") from None
@@ -113,12 +132,22 @@ def _node(i: int, raw: dict[str, Any]) -> NodeSpec:
     )
 
 
-def load_fleet(path: Path | None = None) -> list[NodeSpec]:
-    """Parse a fleet file (default: the packaged ``fleet.yaml``)."""
-    path = path or DEFAULT_FLEET
-    doc = yaml.safe_load(path.read_text()) or {}
+def parse_fleet(doc: Mapping[str, Any], where: str = "fleet") -> list[NodeSpec]:
+    """The nodes of a fleet document ``{nodes: [{name, gpu: {...}}, ...]}``."""
     nodes = [_node(i, n) for i, n in enumerate(doc.get("nodes") or [])]
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
-        raise FleetError(f"{path}: node names must be unique: {names}")
+        raise FleetError(f"{where}: node names must be unique: {names}")
     return nodes
+
+
+def load_fleet(path: Path | None = None) -> list[NodeSpec]:
+    """Parse a fleet file (default: the packaged ``fleet.yaml``)."""
+    path = path or DEFAULT_FLEET
+    return parse_fleet(yaml.safe_load(path.read_text()) or {}, str(path))
+
+
+def node_objects(fleet: Mapping[str, Any] | list[NodeSpec]) -> list[dict[str, Any]]:
+    """The Node objects of a fleet (a document or parsed nodes), as ``kubectl get nodes`` would show them."""
+    specs = fleet if isinstance(fleet, list) else parse_fleet(fleet)
+    return [spec.node_object() for spec in specs]

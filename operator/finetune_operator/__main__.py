@@ -39,7 +39,7 @@ def run(args: Sequence[str]) -> int:
 
     try:
         cfg = config_mod.load()
-        gpus.extend_catalog(cfg.gpu_catalog)
+        gpus.BUILTIN_CATALOG.with_entries(cfg.gpu_catalog)  # refuse a bad entry at start-up, not per job
     except (config_mod.ConfigError, ValueError) as exc:
         print(f"finetune-operator: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from . import api, catalog, placement
 from . import config as config_module
 from .config import OperatorConfig
 from .arch import Architecture, ArchitectureError
-from .gpus import GFD_DRIVER_MAJOR, GFD_PRODUCT, GPU_CATALOG, MIN_DRIVER_MAJOR, GpuInventory, inventory_from_nodes, nodes_from_fleet
+from .gpus import BUILTIN_CATALOG, GFD_DRIVER_MAJOR, GFD_PRODUCT, MIN_DRIVER_MAJOR, GpuCatalog, GpuInventory, inventory_from_nodes
 
 EXIT_FITS, EXIT_NO_FIT, EXIT_INVALID = 0, 1, 2
 
@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m finetune_operator estimate", description=__doc__.splitlines()[0])
     p.add_argument("job", help="FineTuneJob manifest (YAML), or just its spec")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--nodes", help="Node objects (a list, a kind: List, or the local cluster's fleet file)")
+    where.add_argument("--nodes", help="Node objects (a list or a kind: List; for the local cluster's fleet: python -m localcluster nodes)")
     where.add_argument("--kubeconfig", help="read the nodes of this cluster")
     p.add_argument("--gpu", action="append", default=[], metavar="PRODUCT", help="only this GPU product (repeatable)")
     p.add_argument("--model-config", help="the base model's config.json (for models not in the built-in catalog)")
@@ -85,17 +85,18 @@ def load_spec(path: str) -> Any:
 
 
 def load_nodes(path: str) -> list[dict[str, Any]]:
-    """Nodes from a list, a ``kind: List`` / ``NodeList``, or a fleet file ``{nodes: [...]}``."""
+    """Nodes from a list or a ``kind: List`` / ``NodeList`` (what ``kubectl get nodes -o yaml`` writes)."""
     doc = _load_yaml(path)
     if isinstance(doc, Mapping) and isinstance(doc.get("items"), list):
         return list(doc["items"])
     if isinstance(doc, Mapping) and isinstance(doc.get("nodes"), list):
-        return nodes_from_fleet(doc)
+        raise InputError(f"{path}: this is a local cluster fleet file, not Node objects; write its nodes with "
+                         f"`python -m localcluster nodes --fleet {path} > nodes.yaml` and pass --nodes nodes.yaml")
     if isinstance(doc, Mapping) and doc.get("kind") == "Node":
         return [dict(doc)]
     if isinstance(doc, list):
         return [dict(d) for d in doc]
-    raise InputError(f"{path}: expected Node objects, a List, or a fleet file with nodes:")
+    raise InputError(f"{path}: expected Node objects (a list, a kind: List, or one kind: Node)")
 
 
 def _cluster_nodes(kubeconfig: str) -> list[dict[str, Any]]:
@@ -106,7 +107,7 @@ def _cluster_nodes(kubeconfig: str) -> list[dict[str, Any]]:
     return [api_client.sanitize_for_serialization(n) for n in nodes.items]
 
 
-def _catalog_inventory() -> GpuInventory:
+def _catalog_inventory(gpu_catalog: GpuCatalog) -> GpuInventory:
     """Without --nodes or --kubeconfig: every catalog GPU, one 8-GPU node each (what would fit?)."""
     nodes = [
         {
@@ -115,9 +116,9 @@ def _catalog_inventory() -> GpuInventory:
                          "labels": {GFD_PRODUCT: g.product, GFD_DRIVER_MAJOR: str(MIN_DRIVER_MAJOR)}},
             "status": {"allocatable": {"nvidia.com/gpu": "8"}},
         }
-        for g in GPU_CATALOG
+        for g in gpu_catalog.entries
     ]
-    return inventory_from_nodes(nodes)
+    return inventory_from_nodes(nodes, gpu_catalog=gpu_catalog)
 
 
 def _architecture(spec: Mapping[str, Any], model_config: str | None) -> Architecture:
@@ -159,8 +160,13 @@ def run(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
     else:
         nodes = []
     operator = _operator_config(args.config)
+    try:
+        gpu_catalog = BUILTIN_CATALOG.with_entries(operator.gpu_catalog)
+    except ValueError as exc:
+        raise InputError(f"--config {args.config}: {exc}") from exc
     pools = _load_yaml(args.pools) if args.pools else (operator.node_pools or None)
-    inventory = inventory_from_nodes(nodes, pools) if (nodes or pools) else _catalog_inventory()
+    inventory = (inventory_from_nodes(nodes, pools, gpu_catalog) if (nodes or pools)
+                 else _catalog_inventory(gpu_catalog))
     if args.gpu:
         wanted = {g.lower() for g in args.gpu}
         inventory = GpuInventory(
@@ -172,7 +178,7 @@ def run(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
         spec, arch, inventory,
         headroom_fraction=Decimal(operator.vram_headroom if args.config else args.headroom),
         allow_trust_remote_code=args.allow_trust_remote_code or operator.allow_trust_remote_code,
-        gpu_prices=operator.gpu_prices, operator_tolerations=operator.gpu_tolerations,
+        gpu_prices=operator.gpu_prices, operator_tolerations=operator.gpu_tolerations, gpu_catalog=gpu_catalog,
     )
     doc = {
         "valid": decision.state != "Invalid",

@@ -69,49 +69,63 @@ GPU_CATALOG: tuple[CatalogGpu, ...] = (
     CatalogGpu("NVIDIA-H200", 143771, (9, 0), "hopper", ("nvidia-h200-141gb",), "h200"),
     CatalogGpu("NVIDIA-B200", 183359, (10, 0), "blackwell", ("nvidia-b200",), "b200"),
 )
-_BY_PRODUCT = {g.product.lower(): g for g in GPU_CATALOG}
-_BY_GKE = {name: g for g in GPU_CATALOG for name in g.gke}
 
 
-def catalog_gpu(name: str) -> CatalogGpu | None:
-    """A catalog entry by GFD product name or GKE accelerator name (case-insensitive)."""
-    key = name.lower()
-    return _BY_PRODUCT.get(key) or _BY_GKE.get(key)
+@dataclass(frozen=True)
+class GpuCatalog:
+    """The GPU products the operator knows: the built-in ones plus the configuration's `gpu_catalog`.
 
-
-_EXTRA: list[CatalogGpu] = []
-
-
-def extend_catalog(entries: Iterable[Mapping[str, Any]]) -> list[CatalogGpu]:
-    """Add GPU products from the operator's configuration (`gpu_catalog`), once at start-up.
-
-    Each entry: `product` (GFD's nvidia.com/gpu.product), `memoryMiB`, `computeCapability`
-    ("8.9"), optional `family`, `gkeAccelerator` (list) and `karpenterName`. An entry for a
-    product already in the catalog replaces it (a platform knows its hardware best).
+    A value handed to the inventory and placement (never module state), so two configurations
+    never see each other's products.
     """
-    added = []
-    for i, entry in enumerate(entries):
-        try:
-            major, minor = (int(x) for x in str(entry["computeCapability"]).split("."))
-            gpu = CatalogGpu(
-                str(entry["product"]), int(entry["memoryMiB"]), (major, minor), str(entry.get("family", "unknown")),
-                tuple(str(x) for x in entry.get("gkeAccelerator") or ()),
-                str(entry["karpenterName"]).lower() if entry.get("karpenterName") else None,
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise ValueError(f"gpu_catalog[{i}]: needs product, memoryMiB and computeCapability like '8.9' ({exc})") from exc
-        _BY_PRODUCT[gpu.product.lower()] = gpu
-        _BY_GKE.update({name: gpu for name in gpu.gke})
-        _EXTRA.append(gpu)
-        added.append(gpu)
-    return added
+
+    entries: tuple[CatalogGpu, ...]
+    """Earlier entries win a name both carry (the configuration's come first)."""
+    _by_name: dict[str, CatalogGpu] = field(init=False, repr=False, compare=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, CatalogGpu] = {}
+        for g in reversed(self.entries):
+            by_name.update({name: g for name in g.gke})
+            by_name[g.product.lower()] = g
+        object.__setattr__(self, "_by_name", by_name)
+
+    def lookup(self, name: str) -> CatalogGpu | None:
+        """An entry by GFD product name or GKE accelerator name (case-insensitive)."""
+        return self._by_name.get(name.lower())
+
+    def karpenter(self, name: str, memory_mib: int | None) -> CatalogGpu | None:
+        """The entry for Karpenter's GPU name; the closest in memory when several share it."""
+        matches = [g for g in self.entries if g.karpenter == name.lower()]
+        if memory_mib is not None and len(matches) > 1:
+            matches.sort(key=lambda g: abs(g.memory_mib - memory_mib))
+        return matches[0] if matches else None
+
+    def with_entries(self, entries: Iterable[Mapping[str, Any]]) -> GpuCatalog:
+        """This catalog plus the operator configuration's `gpu_catalog` entries.
+
+        Each entry: `product` (GFD's nvidia.com/gpu.product), `memoryMiB`, `computeCapability`
+        ("8.9"), optional `family`, `gkeAccelerator` (list) and `karpenterName`. An entry for a
+        product already in the catalog replaces it (a platform knows its hardware best).
+        """
+        added: list[CatalogGpu] = []
+        for i, entry in enumerate(entries):
+            try:
+                major, minor = (int(x) for x in str(entry["computeCapability"]).split("."))
+                added.append(CatalogGpu(
+                    str(entry["product"]), int(entry["memoryMiB"]), (major, minor), str(entry.get("family", "unknown")),
+                    tuple(str(x) for x in entry.get("gkeAccelerator") or ()),
+                    str(entry["karpenterName"]).lower() if entry.get("karpenterName") else None,
+                ))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ValueError(f"gpu_catalog[{i}]: needs product, memoryMiB and computeCapability like '8.9' ({exc})") from exc
+        if not added:
+            return self
+        replaced = {g.product.lower() for g in added}
+        return GpuCatalog((*added, *(g for g in self.entries if g.product.lower() not in replaced)))
 
 
-def _karpenter_gpu(name: str, memory_mib: int | None) -> CatalogGpu | None:
-    matches = [g for g in (*_EXTRA, *GPU_CATALOG) if g.karpenter == name.lower()]
-    if memory_mib is not None and len(matches) > 1:
-        matches.sort(key=lambda g: abs(g.memory_mib - memory_mib))
-    return matches[0] if matches else None
+BUILTIN_CATALOG = GpuCatalog(GPU_CATALOG)
 
 
 Selector = tuple[tuple[str, str], ...]
@@ -222,7 +236,9 @@ def _mig_memory(profile: str) -> int | None:
     return int(match.group(2)) * 1024 if match else None
 
 
-def node_from_object(node: Mapping[str, Any]) -> tuple[GpuNode | None, str | None]:
+def node_from_object(
+    node: Mapping[str, Any], gpu_catalog: GpuCatalog = BUILTIN_CATALOG
+) -> tuple[GpuNode | None, str | None]:
     """A GpuNode from a Node dict, or (None, reason) for a node without usable GPUs."""
     meta = node.get("metadata") or {}
     name = str(meta.get("name", "?"))
@@ -235,7 +251,7 @@ def node_from_object(node: Mapping[str, Any]) -> tuple[GpuNode | None, str | Non
     if GFD_PRODUCT in labels:
         product = labels[GFD_PRODUCT]
         base = product.split("-MIG-")[0].removesuffix("-SHARED")
-        entry = catalog_gpu(base)
+        entry = gpu_catalog.lookup(base)
         memory = _int(labels.get(GFD_MEMORY)) or (_mig_memory(product) if "-MIG-" in product else None)
         memory = memory or (entry.memory_mib if entry else None)
         major, minor = _int(labels.get(GFD_MAJOR)), _int(labels.get(GFD_MINOR))
@@ -249,7 +265,7 @@ def node_from_object(node: Mapping[str, Any]) -> tuple[GpuNode | None, str | Non
         selector: Selector = ((GFD_PRODUCT, product),)
     elif GKE_ACCELERATOR in labels:
         accel = labels[GKE_ACCELERATOR]
-        entry = catalog_gpu(accel)
+        entry = gpu_catalog.lookup(accel)
         product = entry.product if entry else accel
         memory = entry.memory_mib if entry else None
         cc, family, count = (entry.compute_capability, entry.family, None) if entry else (None, None, None)
@@ -262,7 +278,7 @@ def node_from_object(node: Mapping[str, Any]) -> tuple[GpuNode | None, str | Non
             sharing = f"shared by {labels[GKE_SHARING]}"
     elif KARPENTER_NAME in labels:
         memory = _int(labels.get(KARPENTER_MEMORY))
-        entry = _karpenter_gpu(labels[KARPENTER_NAME], memory)
+        entry = gpu_catalog.karpenter(labels[KARPENTER_NAME], memory)
         product = entry.product if entry else labels[KARPENTER_NAME]
         memory = memory or (entry.memory_mib if entry else None)
         cc, family = (entry.compute_capability, entry.family) if entry else (None, None)
@@ -300,8 +316,8 @@ class NodePool(BaseModel):
     node_labels: dict[str, str] | None = None
     """Labels the pool's nodes carry; the affinity uses the GPU label among them (default: GFD's product label)."""
 
-    def to_node(self) -> GpuNode:
-        entry = catalog_gpu(self.gpu_product)
+    def to_node(self, gpu_catalog: GpuCatalog = BUILTIN_CATALOG) -> GpuNode:
+        entry = gpu_catalog.lookup(self.gpu_product)
         memory = self.gpu_memory_mib or (entry.memory_mib if entry else None)
         if memory is None:
             raise ValueError(f"pool {self.name}: gpuMemoryMiB is needed for {self.gpu_product} (not in the built-in catalog)")
@@ -325,13 +341,17 @@ class NodePool(BaseModel):
         )
 
 
-def inventory_from_nodes(nodes: Iterable[Mapping[str, Any]], pools: Iterable[Mapping[str, Any]] | None = None) -> GpuInventory:
+def inventory_from_nodes(
+    nodes: Iterable[Mapping[str, Any]],
+    pools: Iterable[Mapping[str, Any]] | None = None,
+    gpu_catalog: GpuCatalog = BUILTIN_CATALOG,
+) -> GpuInventory:
     """The GPU inventory of a cluster: its Node objects plus the declared pools."""
     gpu_nodes: list[GpuNode] = []
     cpu: list[str] = []
     ignored: list[str] = []
     for obj in nodes:
-        gpu_node, why = node_from_object(obj)
+        gpu_node, why = node_from_object(obj, gpu_catalog)
         if gpu_node is not None:
             gpu_nodes.append(gpu_node)
         elif why:
@@ -339,33 +359,5 @@ def inventory_from_nodes(nodes: Iterable[Mapping[str, Any]], pools: Iterable[Map
         else:
             cpu.append(str((obj.get("metadata") or {}).get("name", "?")))
     for pool in pools or ():
-        gpu_nodes.append(NodePool.model_validate(pool).to_node())
+        gpu_nodes.append(NodePool.model_validate(pool).to_node(gpu_catalog))
     return GpuInventory(nodes=tuple(gpu_nodes), cpu_nodes=tuple(cpu), ignored=tuple(ignored))
-
-
-def nodes_from_fleet(fleet: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Node objects (GFD-labelled) from the local cluster's fleet file ``{nodes: [{name, gpu: {...}}]}``."""
-    out: list[dict[str, Any]] = []
-    for entry in fleet.get("nodes") or []:
-        labels: dict[str, str] = {str(k): str(v) for k, v in (entry.get("labels") or {}).items()}
-        allocatable: dict[str, str] = {}
-        gpu = entry.get("gpu")
-        if gpu:
-            labels[GFD_PRODUCT] = str(gpu["product"])
-            count = int(gpu.get("count", 1))
-            labels[GFD_COUNT] = str(count)
-            for key, label in (("memoryMiB", GFD_MEMORY), ("computeMajor", GFD_MAJOR), ("computeMinor", GFD_MINOR),
-                               ("family", GFD_FAMILY), ("driverMajor", GFD_DRIVER_MAJOR)):
-                if gpu.get(key) is not None:
-                    labels[label] = str(gpu[key])
-            allocatable[GPU_RESOURCE] = str(count)
-        node: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {"name": str(entry["name"]), "labels": labels},
-            "status": {"allocatable": allocatable},
-        }
-        if entry.get("taints"):
-            node["spec"] = {"taints": [dict(t) for t in entry["taints"]]}
-        out.append(node)
-    return out

@@ -22,7 +22,7 @@ from . import api, catalog
 from .arch import Architecture
 from .estimate import ComputeDtypeName, Estimate, TrainingShape, estimate, gib, with_changes
 from .arch import EXPERT_PARAMETERS
-from .gpus import GPU_CATALOG, MIN_DRIVER_MAJOR, GpuInventory, GpuNode, GpuProduct
+from .gpus import BUILTIN_CATALOG, MIN_DRIVER_MAJOR, GpuCatalog, GpuInventory, GpuNode, GpuProduct
 
 DecisionState = Literal["Ready", "Queued", "Unschedulable", "Invalid"]
 MAX_MICRO_BATCH = 1024
@@ -193,13 +193,15 @@ def _dtype_for(product: GpuProduct, requested: str) -> tuple[Literal["bf16", "fp
     return dtype, None
 
 
-def dtype_on_node(resolved: Mapping[str, Any], node: Mapping[str, Any] | None) -> str | None:
+def dtype_on_node(
+    resolved: Mapping[str, Any], node: Mapping[str, Any] | None, gpu_catalog: GpuCatalog = BUILTIN_CATALOG
+) -> str | None:
     """The dtype the trainer uses on ``node`` when placement left it to the GPU (resolved ``auto``), else None."""
     if resolved.get("computeDtype") != "auto" or node is None:
         return None
     from .gpus import node_from_object
 
-    gpu, _ = node_from_object(node)
+    gpu, _ = node_from_object(node, gpu_catalog)
     if gpu is None or gpu.compute_capability is None:
         return None
     return dtype_for_capability(gpu.compute_capability, "auto")
@@ -215,6 +217,7 @@ class _Context:
     arch: Architecture
     headroom: Decimal
     products: list[GpuProduct]
+    gpu_catalog: GpuCatalog = BUILTIN_CATALOG
 
     def usable(self, memory_bytes: int) -> int:
         return int(Decimal(memory_bytes) * (1 - self.headroom))
@@ -350,11 +353,13 @@ def plan(
     gpu_prices: Mapping[str, Decimal | str | float] | None = None,
     operator_tolerations: Sequence[Mapping[str, Any]] | None = None,
     min_driver_major: int = MIN_DRIVER_MAJOR,
+    gpu_catalog: GpuCatalog = BUILTIN_CATALOG,
 ) -> PlacementDecision:
     """Decide where (and whether) a job can run; see the module docstring.
 
     ``operator_tolerations`` are the ones the operator adds to every GPU pod (OperatorConfig
-    gpuTolerations); the spec's resources.tolerations are added here.
+    gpuTolerations); the spec's resources.tolerations are added here. ``gpu_catalog`` (the
+    inventory's) names the products a suggestion may propose.
     """
     if not isinstance(spec, api.FineTuneJobSpec):
         errors = api.spec_errors(spec)
@@ -410,7 +415,7 @@ def plan(
             f"no CUDA driver label (nvidia.com/cuda.driver-version.major) on {shown}: the trainer image needs driver "
             f"{min_driver_major} or newer and cannot be checked there; install GPU Feature Discovery to check it"
         )
-    ctx = _Context(spec, arch, headroom, nodes.inventory.products(spec.resources.node_selector))
+    ctx = _Context(spec, arch, headroom, nodes.inventory.products(spec.resources.node_selector), gpu_catalog)
     requested_dtype = spec.effective_quantization().compute_dtype
     fits: list[ProductFit] = []
     reasons: dict[str, list[Reason]] = {}
@@ -648,7 +653,7 @@ def _suggestions(ctx: _Context, shape: TrainingShape, current: Estimate, batch_s
             prefix = f"with {' and '.join(labels)}, " if changes else ""
             est, product = fit(with_changes(combined, seq_len=seq))
             out.append(f"{prefix}lower dataset.maxSeqLength to {seq}: estimate {gib(est.total_bytes)} fits {product.product if product else '?'}")
-    for gpu in sorted(GPU_CATALOG, key=lambda g: g.memory_mib):
+    for gpu in sorted(ctx.gpu_catalog.entries, key=lambda g: g.memory_mib):
         if ctx.usable(gpu.memory_mib * 2**20) >= current.total_bytes:
             present = any(p.product == gpu.product for p in ctx.products)
             if present:
@@ -657,7 +662,7 @@ def _suggestions(ctx: _Context, shape: TrainingShape, current: Estimate, batch_s
                 out.append(f"add a node pool with {gpu.product} ({gib(gpu.memory_mib * 2**20)}): the estimate {gib(current.total_bytes)} fits it as is")
             break
     else:
-        out.append(f"no GPU in the built-in catalog has {gib(current.total_bytes)}; reduce the job with the changes above")
+        out.append(f"no GPU in the catalog has {gib(current.total_bytes)}; reduce the job with the changes above")
     return out
 
 

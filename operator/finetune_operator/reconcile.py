@@ -307,11 +307,12 @@ def _place(
     obs: Observed, spec: api.FineTuneJobSpec, arch: Architecture, config: OperatorConfig, st: _Status, result: Plan
 ) -> bool:
     """Decide placement and, when it fits, create the training objects. True when created."""
-    inventory = gpus.inventory_from_nodes(obs.nodes, config.node_pools or None)
+    gpu_catalog = gpus.BUILTIN_CATALOG.with_entries(config.gpu_catalog)
+    inventory = gpus.inventory_from_nodes(obs.nodes, config.node_pools or None, gpu_catalog)
     decision = placement.plan(
         spec, arch, inventory, headroom_fraction=float(config.vram_headroom),
         allow_trust_remote_code=config.allow_trust_remote_code,
-        gpu_prices=config.gpu_prices, operator_tolerations=config.gpu_tolerations,
+        gpu_prices=config.gpu_prices, operator_tolerations=config.gpu_tolerations, gpu_catalog=gpu_catalog,
     )
     for key, value in decision.status_fields().items():
         st.data[key] = value
@@ -395,7 +396,8 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
         if product:
             placement_status["gpuProduct"] = product
         st.data["placement"] = placement_status
-        placed_dtype = placement.dtype_on_node(st.data.get("resolved") or {}, _node(obs.nodes, node))
+        placed_dtype = placement.dtype_on_node(st.data.get("resolved") or {}, _node(obs.nodes, node),
+                                               gpus.BUILTIN_CATALOG.with_entries(config.gpu_catalog))
         if placed_dtype:
             st.data["resolved"] = {**(st.data.get("resolved") or {}), "computeDtype": placed_dtype}
         st.state(cond.RUNNING_STATE)

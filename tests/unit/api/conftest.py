@@ -9,6 +9,7 @@ import pytest
 from ftj_testdata import FLEET, SPEC
 
 from finetune_operator import gpus
+from localcluster.fleet import node_objects
 
 
 @pytest.fixture
@@ -18,4 +19,4 @@ def spec() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def fleet() -> gpus.GpuInventory:
-    return gpus.inventory_from_nodes(gpus.nodes_from_fleet(FLEET))
+    return gpus.inventory_from_nodes(node_objects(FLEET))

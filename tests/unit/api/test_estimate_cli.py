@@ -11,6 +11,7 @@ import yaml
 from ftj_testdata import FLEET, REPO, make_spec
 
 from finetune_operator import api, catalog, estimate_cli, gpus, placement
+from localcluster.fleet import node_objects
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, Any]]:
@@ -20,8 +21,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, 
 
 @pytest.fixture
 def fleet_file(tmp_path: Path) -> Path:
-    path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump(FLEET))
+    """The test fleet's Node objects as a kind: List (what --nodes reads)."""
+    path = tmp_path / "nodes.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": node_objects(FLEET)}))
     return path
 
 
@@ -64,12 +66,12 @@ def test_unknown_model_needs_model_config(capsys: pytest.CaptureFixture[str], tm
 
 def test_node_list_and_catalog_modes(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     nodes = tmp_path / "nodes.yaml"
-    nodes.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": gpus.nodes_from_fleet(FLEET)}))
+    nodes.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": node_objects(FLEET)}))
     path = str(job(tmp_path, make_spec()))
     code, doc = run(capsys, path, "--nodes", str(nodes))
     assert code == 0 and "NVIDIA-A10G" in doc["placement"]["eligibleProducts"]
     code, doc = run(capsys, path)  # no nodes: every catalog GPU
-    assert code == 0 and len(doc["products"]) == len(gpus.GPU_CATALOG)
+    assert code == 0 and len(doc["products"]) == len(gpus.BUILTIN_CATALOG.entries)
 
 
 def test_same_verdict_as_the_operator_code_path(capsys: pytest.CaptureFixture[str], tmp_path: Path, fleet_file: Path) -> None:
@@ -77,16 +79,26 @@ def test_same_verdict_as_the_operator_code_path(capsys: pytest.CaptureFixture[st
         code, doc = run(capsys, str(job(tmp_path, spec)), "--nodes", str(fleet_file))
         arch = catalog.lookup(spec["baseModel"]["uri"])
         assert arch is not None
-        decision = placement.plan(api.FineTuneJobSpec.model_validate(spec), arch, gpus.inventory_from_nodes(gpus.nodes_from_fleet(FLEET)))
+        decision = placement.plan(api.FineTuneJobSpec.model_validate(spec), arch, gpus.inventory_from_nodes(node_objects(FLEET)))
         assert doc["state"] == decision.state and doc["placement"]["eligibleProducts"] == decision.eligible_products
         assert doc["estimate"]["totalBytes"] == decision.estimate.total_bytes  # type: ignore[union-attr]
         assert code == (0 if decision.fits else 1)
 
 
-def test_the_local_cluster_fleet_file_is_read(capsys: pytest.CaptureFixture[str]) -> None:
-    fleet = REPO / "localcluster" / "fleet.yaml"
-    code, doc = run(capsys, str(REPO / "examples" / "llama-3.3-70b-qlora.yaml"), "--nodes", str(fleet))
+def test_the_local_cluster_nodes_are_read_and_its_fleet_file_is_pointed_there(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from localcluster.__main__ import main as localcluster_main
+
+    assert localcluster_main(["nodes"]) == 0
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text(capsys.readouterr().out)
+    example = str(REPO / "examples" / "llama-3.3-70b-qlora.yaml")
+    code, doc = run(capsys, example, "--nodes", str(nodes))
     assert code == 0 and doc["placement"]["eligibleProducts"] == ["NVIDIA-H100-80GB-HBM3"]
+    fleet = REPO / "localcluster" / "fleet.yaml"
+    code, doc = run(capsys, example, "--nodes", str(fleet))
+    assert code == 2 and "fleet file" in doc["errors"][0] and "python -m localcluster nodes" in doc["errors"][0]
 
 
 def test_refuses_what_the_api_server_refuses(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

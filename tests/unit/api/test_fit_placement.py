@@ -11,6 +11,7 @@ from ftj_testdata import FLEET, load_example, make_spec
 
 from finetune_operator import api, catalog, gpus, placement
 from finetune_operator.arch import Architecture
+from localcluster.fleet import node_objects
 
 LLAMA_8B = catalog.lookup("hf://meta-llama/Llama-3.1-8B-Instruct")
 assert LLAMA_8B is not None
@@ -21,7 +22,7 @@ def plan(spec: dict[str, Any], fleet: gpus.GpuInventory, arch: Architecture = LL
 
 
 def fleet_of(*entries: dict[str, Any]) -> gpus.GpuInventory:
-    return gpus.inventory_from_nodes(gpus.nodes_from_fleet({"nodes": list(entries)}))
+    return gpus.inventory_from_nodes(node_objects({"nodes": list(entries)}))
 
 
 def gpu(name: str, product: str, memory: int, cc: tuple[int, int], count: int = 1, **extra: Any) -> dict[str, Any]:
@@ -159,7 +160,7 @@ def test_driver_older_than_580_is_not_placed_and_unlabelled_nodes_warn() -> None
     assert warned.status_fields()["placement"]["warnings"] == warned.warnings
     api.FineTuneJobStatus.model_validate(warned.status_fields())
     # the deprecated label is read when the new one is absent
-    node = gpus.nodes_from_fleet({"nodes": [gpu("x", *H100)]})[0]
+    node = node_objects({"nodes": [gpu("x", *H100)]})[0]
     node["metadata"]["labels"][gpus.GFD_DRIVER_MAJOR_OLD] = "535"
     parsed, _ = gpus.node_from_object(node)
     assert parsed is not None and parsed.driver_major == 535

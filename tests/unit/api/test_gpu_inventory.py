@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from finetune_operator import gpus
+from localcluster.fleet import node_objects
 
 
 def node(name: str, labels: dict[str, str], allocatable: str | None = None, **spec: Any) -> dict[str, Any]:
@@ -81,7 +82,7 @@ def test_node_selector_filters_nodes() -> None:
 def test_fleet_file_format() -> None:
     fleet = {"nodes": [{"name": "t4", "gpu": {"product": "Tesla-T4", "memoryMiB": 15360, "count": 1, "computeMajor": 7, "computeMinor": 5}},
                        {"name": "cpu-0", "cpu": "8"}]}
-    inv = gpus.inventory_from_nodes(gpus.nodes_from_fleet(fleet))
+    inv = gpus.inventory_from_nodes(node_objects(fleet))
     [product] = inv.products()
     assert product.product == "Tesla-T4" and product.compute_capability == (7, 5) and not product.supports_bf16
     assert inv.cpu_nodes == ("cpu-0",)

@@ -9,10 +9,10 @@ import pytest
 
 from finetune_operator import builders, cache, reconcile
 from finetune_operator.config import OperatorConfig
-from finetune_operator.gpus import nodes_from_fleet
+from localcluster.fleet import node_objects
 
 CONFIG = OperatorConfig.model_validate({"s3": {"endpoint": "http://s3.local:8333"}})
-FLEET = nodes_from_fleet({"nodes": [
+FLEET = node_objects({"nodes": [
     {"name": "gpu-t4-0", "gpu": {"product": "Tesla-T4", "memoryMiB": 15360, "count": 1, "computeMajor": 7,
                                  "computeMinor": 5, "family": "turing"}},
     {"name": "gpu-h100-0", "gpu": {"product": "NVIDIA-H100-80GB-HBM3", "memoryMiB": 81559, "count": 1,

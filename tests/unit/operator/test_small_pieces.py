@@ -98,9 +98,22 @@ def test_gpu_catalog_additions_give_memory_to_cloud_labelled_nodes() -> None:
             "status": {"allocatable": {"nvidia.com/gpu": "8"}, "capacity": {"nvidia.com/gpu": "8"}}}
     before = gpus.inventory_from_nodes([node])
     assert not before.products({})
-    gpus.extend_catalog([{"product": "NVIDIA-Future-X1", "memoryMiB": 196608, "computeCapability": "10.0",
-                          "gkeAccelerator": ["nvidia-future-x1"]}])
-    after = gpus.inventory_from_nodes([node]).products({})
+    extended = gpus.BUILTIN_CATALOG.with_entries([{"product": "NVIDIA-Future-X1", "memoryMiB": 196608,
+                                                   "computeCapability": "10.0", "gkeAccelerator": ["nvidia-future-x1"]}])
+    after = gpus.inventory_from_nodes([node], gpu_catalog=extended).products({})
     assert [p.memory_mib for p in after] == [196608]
+    # a value, not module state: the built-in catalog is unchanged
+    assert not gpus.inventory_from_nodes([node]).products({}) and gpus.BUILTIN_CATALOG.lookup("nvidia-future-x1") is None
     with pytest.raises(ValueError, match=r"gpu_catalog\[0\]"):
-        gpus.extend_catalog([{"product": "x"}])
+        gpus.BUILTIN_CATALOG.with_entries([{"product": "x"}])
+
+
+def test_a_configured_gpu_replaces_the_built_in_entry_of_that_product() -> None:
+    from finetune_operator import gpus
+
+    extended = gpus.BUILTIN_CATALOG.with_entries([{"product": "Tesla-T4", "memoryMiB": 16000, "computeCapability": "7.5"}])
+    entry = extended.lookup("tesla-t4")
+    assert entry is not None and entry.memory_mib == 16000
+    assert [g.product for g in extended.entries].count("Tesla-T4") == 1
+    builtin = gpus.BUILTIN_CATALOG.lookup("tesla-t4")
+    assert builtin is not None and builtin.memory_mib == 15360
