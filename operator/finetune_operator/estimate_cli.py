@@ -12,7 +12,7 @@ import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -174,9 +174,13 @@ def run(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
             cpu_nodes=inventory.cpu_nodes,
             ignored=inventory.ignored,
         )
+    try:
+        headroom = Decimal(operator.vram_headroom if args.config else args.headroom)
+    except InvalidOperation:
+        raise InputError(f"--headroom: {args.headroom!r} is not a decimal fraction such as 0.1") from None
     decision = placement.plan(
         spec, arch, inventory,
-        headroom_fraction=Decimal(operator.vram_headroom if args.config else args.headroom),
+        headroom_fraction=headroom,
         allow_trust_remote_code=args.allow_trust_remote_code or operator.allow_trust_remote_code,
         gpu_prices=operator.gpu_prices, operator_tolerations=operator.gpu_tolerations, gpu_catalog=gpu_catalog,
     )

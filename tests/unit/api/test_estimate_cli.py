@@ -124,3 +124,8 @@ def test_prices_from_the_operator_configuration(capsys: pytest.CaptureFixture[st
     config.write_text(yaml.safe_dump({"gpu_prices": {"NVIDIA-H100-80GB-HBM3": "0.50", "NVIDIA-A100-SXM4-40GB": "3.00"}}))
     code, doc = run(capsys, str(job(tmp_path, make_spec())), "--nodes", str(fleet_file), "--config", str(config))
     assert code == 0 and doc["placement"]["eligibleProducts"][:2] == ["NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-40GB"]
+
+
+def test_headroom_that_is_not_a_number_is_named(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, doc = run(capsys, str(job(tmp_path, make_spec())), "--headroom", "ten percent")
+    assert code == 2 and doc["errors"] == ["--headroom: 'ten percent' is not a decimal fraction such as 0.1"]
