@@ -117,6 +117,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("method", with_changes(method="full"), "spec.method"),
     ("compute dtype", with_changes(quantization={"computeDtype": "fp8"}), "spec.quantization.computeDtype"),
     ("unknown field", with_changes(lora={"rank": 8}), "spec.lora.rank"),
+    ("trainer image with a space", with_changes(trainerImage="registry.example/fto trainer:1"), "spec.trainerImage"),
 ]
 
 
@@ -144,6 +145,7 @@ def patch(kubectl: Kubectl, namespace: str, name: str, body: dict[str, Any], *ex
     ("quantization added", {"spec": {"quantization": {"bits": 4}}}),
     ("runPolicy.backoffLimit", {"spec": {"runPolicy": {"backoffLimit": 9}}}),
     ("runPolicy.activeDeadlineSeconds added", {"spec": {"runPolicy": {"activeDeadlineSeconds": 60}}}),
+    ("trainerImage added", {"spec": {"trainerImage": "registry.example/fto/trainer:0.2.0"}}),
 ])
 def test_spec_edits_are_rejected(crd: str, kubectl: Kubectl, namespace: str, what: str, body: dict[str, Any]) -> None:
     name = json.loads(create(kubectl, namespace, manifest(SPEC)).stdout)["metadata"]["name"]
