@@ -456,7 +456,7 @@ class FineTuneJobSpec(_ApiModel):
     tracking: TrackingSpec | None = Field(default=None, json_schema_extra=cel(immutable("tracking")))
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, json_schema_extra={"default": {}})
     trainer_image: Annotated[str, Field(min_length=1, max_length=512, pattern=r"^[^\s]+$")] | None = None
-    """This job's trainer image instead of the operator's; must be on the operator's allowedTrainerImages when that list is set."""
+    """This job's trainer image instead of the operator's; must be the operator's trainerImage or on its allowedTrainerImages."""
 
     rules = (
         Rule(

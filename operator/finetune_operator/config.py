@@ -46,7 +46,7 @@ class OperatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     trainer_image: str = DEFAULT_TRAINER_IMAGE
-    # Images a job may name in spec.trainerImage (exact references; trainer_image always is); empty: any.
+    # Images a job may name in spec.trainerImage (exact references; trainer_image always is); empty: only trainer_image.
     allowed_trainer_images: list[str] = Field(default_factory=list)
     image_pull_secrets: list[str] = Field(default_factory=list)
     runtime_class_name: str = ""

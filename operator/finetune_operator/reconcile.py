@@ -85,7 +85,8 @@ def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig) -> list[str
         allowed = ", ".join(sorted(config.allowed_endpoints())) or "none (leave it unset for the default)"
         errors.append(f"spec.output.endpoint: {endpoint!r} is not an allowed S3 endpoint (allowed: {allowed})")
     image = spec.trainer_image
-    if image and config.allowed_trainer_images and image != config.trainer_image and image not in config.allowed_trainer_images:
+    # Empty list: only the operator's own image, the least a platform team has to trust (as with endpoints).
+    if image and image != config.trainer_image and image not in config.allowed_trainer_images:
         errors.append(f"spec.trainerImage: {image!r} is not an allowed trainer image (allowed: "
                       f"{', '.join([config.trainer_image, *config.allowed_trainer_images])}); remove the field for the "
                       "operator's default, or ask the platform team to add it to allowedTrainerImages")

@@ -116,13 +116,18 @@ def test_trainer_image_outside_allow_list_refused(body: dict[str, Any]) -> None:
     assert plan.ensure[1]["spec"]["containers"][0]["image"] == listed
 
 
-def test_trainer_image_without_allow_list_is_any_and_default_when_unset(body: dict[str, Any]) -> None:
+def test_trainer_image_without_allow_list_is_only_the_default(body: dict[str, Any]) -> None:
+    """No allow-list: unset means the operator's image, naming it is fine, naming any other is refused."""
     plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), CONFIG)
     assert plan.ensure[1]["spec"]["containers"][0]["image"] == CONFIG.trainer_image
-    body["spec"]["trainerImage"] = "registry.example/someone/trainer:latest"
+    body["spec"]["trainerImage"] = CONFIG.trainer_image
     plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), CONFIG)
     assert plan.status_data()["state"] == "Inspecting"
-    assert plan.ensure[1]["spec"]["containers"][0]["image"] == "registry.example/someone/trainer:latest"
+    body["spec"]["trainerImage"] = "registry.example/someone/trainer:latest"
+    plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), CONFIG)
+    assert plan.status_data()["failure"]["reason"] == "InvalidSpec"
+    assert "spec.trainerImage" in plan.status_data()["failure"]["message"]
+    assert plan.ensure == []
 
 
 def test_data_error_at_inspection_fails_without_a_job(body: dict[str, Any]) -> None:
