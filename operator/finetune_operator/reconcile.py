@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from finetune_operator import api, builders, catalog, gpus, placement
+from finetune_operator import api, builders, catalog, gpus, placement, reach
 from finetune_operator import conditions as cond
 from finetune_operator.arch import Architecture
 from finetune_operator.cache import ConditionFacts, ConfigMapFacts, JobFacts, PodFacts
@@ -73,7 +73,8 @@ def status_data(status: api.FineTuneJobStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig) -> list[str]:
+def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig,
+                  resolve: reach.Resolver = reach.system_resolver) -> list[str]:
     """What the platform's configuration refuses, with the field and what to do."""
     errors = []
     if spec.base_model.trust_remote_code and not config.allow_trust_remote_code:
@@ -86,6 +87,11 @@ def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig) -> list[str
         errors.append(f"spec.output.endpoint: {endpoint!r} is not an allowed S3 endpoint (allowed: {allowed})")
     if not endpoint and not config.s3.endpoint and not spec.output.region:
         errors.append("spec.output.region: set the S3 region (or an endpoint): the operator has no default")
+    used = ("spec.output.endpoint", endpoint) if endpoint else ("the operator's s3.endpoint", config.s3.endpoint)
+    if used[1]:
+        unreachable = reach.endpoint_error(used[0], used[1], config.network.allowed_link_local_hosts, resolve)
+        if unreachable:
+            errors.append(unreachable)
     return errors
 
 
