@@ -547,6 +547,7 @@ def read_lines(f: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[Ra
                 rest = f.readline(_SKIP_BYTES)
                 size += len(rest)
                 if not rest or rest.endswith(b"\n"):
+                    size -= rest.endswith(b"\n")
                     break
             yield lineno, None, (
                 f"line too long ({size} bytes; at most {max_line_bytes} are read): one JSON object per line, "
