@@ -62,7 +62,8 @@ def make_client(settings: S3Settings) -> Any:
     # (botocore reads it when the config leaves it unset), else 5.
     retries: dict[str, Any] = {"mode": settings.retry_mode}
     if settings.max_attempts > 0:
-        retries["max_attempts"] = settings.max_attempts
+        # total_max_attempts counts the first attempt (botocore's max_attempts counts only retries)
+        retries["total_max_attempts"] = settings.max_attempts
     elif "AWS_MAX_ATTEMPTS" not in os.environ:
         retries["max_attempts"] = 5
     config = Config(
