@@ -64,8 +64,8 @@ class S3Retries(BaseModel):
 
     # botocore retry modes: standard (exponential backoff with jitter, the default) or adaptive.
     mode: Literal["standard", "adaptive", "legacy"] = "standard"
-    # Attempts per request, the first included; with standard mode's backoff (at most 20 s between
-    # attempts) 10 attempts ride out an object store that is down for about two minutes.
+    # Attempts per request, the first included; standard mode's waits (full jitter, at most 20 s
+    # each) add up to about a minute on average for 10 attempts; past them the trainer exits 14.
     max_attempts: int = Field(default=10, ge=1, le=50)
     connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     read_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
