@@ -671,6 +671,16 @@ class FineTuneJobStatus(_ApiModel):
 # --- user-facing validation -----------------------------------------------------------------
 
 
+def prune_nulls(value: Any) -> Any:
+    """The spec as the API server stores it: a field set to null is dropped (no field of the schema is
+    nullable), so its default applies; nulls inside lists stay (and are refused)."""
+    if isinstance(value, dict):
+        return {k: prune_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [prune_nulls(v) for v in value]
+    return value
+
+
 def spec_errors(spec: Any) -> list[str]:
     """Every problem with a spec dict, as ``spec.<camelCase path>: <what to do>`` lines.
 
@@ -678,11 +688,19 @@ def spec_errors(spec: Any) -> list[str]:
     number, not the string learningRate needs; "4" is not an integer). The estimate command and the
     operator both call this, so both accept exactly what the CRD accepts.
     """
+    found: list[Any] = []
     try:
-        FineTuneJobSpec.model_validate(spec, strict=True, by_alias=True, by_name=False)
+        FineTuneJobSpec.model_validate(prune_nulls(spec), strict=True, by_alias=True, by_name=False)
     except ValidationError as exc:
-        return _format_errors(exc.errors(include_url=False))
-    return []
+        found = exc.errors(include_url=False)
+    if spec != prune_nulls(spec):
+        # strict decoding refuses an unknown field even when it is null, before nulls are dropped
+        try:
+            FineTuneJobSpec.model_validate(spec, strict=True, by_alias=True, by_name=False)
+        except ValidationError as exc:
+            seen = {tuple(e["loc"]) for e in found}
+            found += [e for e in exc.errors(include_url=False) if e["type"] == "extra_forbidden" and tuple(e["loc"]) not in seen]
+    return _format_errors(found)
 
 
 # What each pattern accepts, in words (messages never show the regex).

@@ -120,6 +120,10 @@ def trainer_config(
         "s3_region": spec.output.region or config.s3.region,
         "s3_path_style": config.s3.path_style,
         "s3_ca_bundle": f"{CA_BUNDLE_DIR}/{config.s3.ca_bundle_key}" if config.s3.ca_bundle_configmap else "",
+        "s3_retry_mode": config.s3_retries.mode,
+        "s3_max_attempts": config.s3_retries.max_attempts,
+        "s3_connect_timeout_seconds": config.s3_retries.connect_timeout_seconds,
+        "s3_read_timeout_seconds": config.s3_retries.read_timeout_seconds,
         "compute_dtype": resolved.get("computeDtype") or "fp32",
         "checkpoint_interval_steps": spec.training.checkpoint.every_steps or 0,
         "checkpoint_interval_minutes": spec.training.checkpoint.every_minutes,
@@ -302,6 +306,9 @@ def _pod_spec(
         {"name": "HF_HOME", "value": "/cache/huggingface"},
         {"name": "FINETUNE_CACHE_DIR", "value": "/cache/models"},
     ]
+    if config.network.hf_endpoint:
+        # the Hub the trainer may download from is the platform's choice, never the job's
+        env.append({"name": "HF_ENDPOINT", "value": config.network.hf_endpoint})
     container = {
         "name": "trainer",
         "image": trainer_image(spec, config),

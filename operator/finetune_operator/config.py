@@ -9,7 +9,7 @@ import os
 import re
 from pathlib import Path
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -38,6 +38,37 @@ class S3Defaults(BaseModel):
     ca_bundle_key: str = "ca.crt"
     # Endpoints a job may name; the configured default is always allowed. Empty: only the default.
     allowed_endpoints: list[str] = Field(default_factory=list)
+
+
+# --- network reach and storage retries (issue 12) ------------------------------------------
+
+
+class NetworkSettings(BaseModel):
+    """Where trainer and inspection pods may connect, beyond the S3 endpoint allow-list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Hugging Face endpoint the trainer downloads hf:// models and datasets from (its HF_ENDPOINT);
+    # empty: huggingface.co. Set by the platform only: a job cannot choose it.
+    hf_endpoint: str = Field(default="", pattern=r"^(https?://[^\s]+)?$")
+    # Hosts (names, addresses or CIDRs) an endpoint may name although they are link-local or a cloud
+    # metadata address (169.254.0.0/16, fe80::/10, fd00:ec2::254); refused otherwise. Private ranges
+    # need no entry.
+    allowed_link_local_hosts: list[str] = Field(default_factory=list)
+
+
+class S3Retries(BaseModel):
+    """boto3's retry and timeout settings for the trainer's S3 client (botocore Config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # botocore retry modes: standard (exponential backoff with jitter, the default) or adaptive.
+    mode: Literal["standard", "adaptive", "legacy"] = "standard"
+    # Attempts per request, the first included; standard mode's waits (full jitter, at most 20 s
+    # each) add up to about a minute on average for 10 attempts; past them the trainer exits 14.
+    max_attempts: int = Field(default=10, ge=1, le=50)
+    connect_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    read_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
 
 
 class OperatorConfig(BaseModel):
@@ -92,6 +123,9 @@ class OperatorConfig(BaseModel):
     node_batch_seconds: float = Field(default=1.0, ge=0)
     # Metadata-only relist that repairs a watch cache which missed a deletion (0 disables it).
     relist_seconds: float = Field(default=300.0, ge=0)
+    # --- network reach and storage retries (issue 12)
+    network: NetworkSettings = Field(default_factory=NetworkSettings)
+    s3_retries: S3Retries = Field(default_factory=S3Retries)
 
     @field_validator("vram_headroom")
     @classmethod

@@ -17,7 +17,7 @@ from typing import Any
 
 from finetune_operator import cache as cache_mod
 from finetune_operator import conditions as cond
-from finetune_operator import k8s, naming, observability, reconcile
+from finetune_operator import k8s, naming, observability, reach, reconcile
 from finetune_operator.cache import Key, WorldCache
 from finetune_operator.config import OperatorConfig
 from finetune_operator.ratelimit import WriteBudget
@@ -184,7 +184,7 @@ class Controller:
         meta = body["metadata"]
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         kids = self.cache.children(uid)
-        obs = reconcile.Observed(body=body, parsed=self.parsed_spec(body))
+        obs = reconcile.Observed(body=body, parsed=self.parsed_spec(body), resolve=reach.system_resolver)
         obs.inspect_config = kids.configmaps.get(naming.inspect_config(name))
         obs.trainer_config = kids.configmaps.get(naming.trainer_config(name))
         obs.job = kids.jobs.get(naming.training_job(name))

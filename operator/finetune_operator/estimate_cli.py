@@ -63,8 +63,15 @@ _Yaml12Loader.add_implicit_resolver(
 def _load_yaml(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            docs = [d for d in yaml.load_all(f, Loader=_Yaml12Loader) if d is not None]
-    except (OSError, yaml.YAMLError) as exc:
+            text = f.read()
+        try:
+            # JSON first, as kubectl reads it: PyYAML decodes a \ud83d\ude00 escape as two lone
+            # surrogates where JSON (and the API server) read one character
+            return json.loads(text)
+        except ValueError:
+            pass
+        docs = [d for d in yaml.load_all(text, Loader=_Yaml12Loader) if d is not None]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise InputError(f"{path}: {exc}") from exc
     return docs[0] if len(docs) == 1 else docs
 

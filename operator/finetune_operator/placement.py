@@ -365,7 +365,7 @@ def plan(
         errors = api.spec_errors(spec)
         if errors:
             return _invalid("InvalidSpec", "; ".join(errors))
-        spec = api.FineTuneJobSpec.model_validate(spec)
+        spec = api.FineTuneJobSpec.model_validate(api.prune_nulls(spec))
     if spec.base_model.trust_remote_code and not allow_trust_remote_code:
         return _invalid(
             "TrustRemoteCodeNotAllowed",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from finetune_operator import api, builders, catalog, gpus, naming, placement
+from finetune_operator import api, builders, catalog, gpus, naming, placement, reach
 from finetune_operator import conditions as cond
 from finetune_operator.arch import Architecture
 from finetune_operator.cache import ConditionFacts, ConfigMapFacts, JobFacts, PodFacts
@@ -52,6 +52,8 @@ class Observed:
     nodes: list[dict[str, Any]] = field(default_factory=list)  # minimal Node dicts (cache.NodeFacts.as_object)
     active_jobs: int = 0
     parsed: ParsedSpec | None = None  # None: parsed here
+    # Host lookups for the endpoint check; the controller passes the system's (cached), tests their own.
+    resolve: reach.Resolver = reach.no_lookup
 
 
 @dataclass
@@ -73,7 +75,8 @@ def status_data(status: api.FineTuneJobStatus) -> dict[str, Any]:
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig) -> list[str]:
+def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig,
+                  resolve: reach.Resolver = reach.no_lookup) -> list[str]:
     """What the platform's configuration refuses, with the field and what to do."""
     errors = []
     if spec.base_model.trust_remote_code and not config.allow_trust_remote_code:
@@ -92,6 +95,11 @@ def policy_errors(spec: api.FineTuneJobSpec, config: OperatorConfig) -> list[str
                       "operator's default, or ask the platform team to add it to allowedTrainerImages")
     if not endpoint and not config.s3.endpoint and not spec.output.region:
         errors.append("spec.output.region: set the S3 region (or an endpoint): the operator has no default")
+    used = ("spec.output.endpoint", endpoint) if endpoint else ("the operator's s3.endpoint", config.s3.endpoint)
+    if used[1]:
+        unreachable = reach.endpoint_error(used[0], used[1], config.network.allowed_link_local_hosts, resolve)
+        if unreachable:
+            errors.append(unreachable)
     return errors
 
 
@@ -179,7 +187,7 @@ def _decide(obs: Observed, config: OperatorConfig, st: _Status, result: Plan) ->
         st.fail(cond.INVALID_SPEC, "; ".join(parsed.errors))
         return
     spec = parsed.spec
-    errors = policy_errors(spec, config)
+    errors = policy_errors(spec, config, obs.resolve)
     if errors:
         st.condition(cond.VALIDATED, False, cond.INVALID_SPEC, "; ".join(errors))
         st.fail(cond.INVALID_SPEC, "; ".join(errors))

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, BinaryIO
 
 from .storage import sha256_path
 
@@ -515,9 +516,52 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
 
 ExampleCheck = Callable[[Example], str | None]
 
+# The longest line read into memory (bytes, without its newline). A real example is far shorter even at
+# a 262144-token context; a longer line is refused by its number and skipped in 1 MiB reads, so a
+# 2 GB line (a corrupt or mis-exported file) never sits in memory whole.
+MAX_LINE_BYTES = 32 << 20
+_SKIP_BYTES = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+
+RawLine = tuple[int, str | None, str | None]
+"""(1-based line number, the line's text or None, why the line was refused or None)."""
+
+
+def read_lines(f: BinaryIO, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[RawLine]:
+    """The lines of a binary file, each decoded on its own: memory stays under ``max_line_bytes``.
+
+    A line longer than that, or not UTF-8, is refused by its number and the next line read;
+    a byte-order mark (as some Windows editors write) is dropped.
+    """
+    lineno = 0
+    while True:
+        chunk = f.readline(max_line_bytes + 1)
+        if not chunk:
+            return
+        lineno += 1
+        if lineno == 1 and chunk.startswith(_BOM):
+            chunk = chunk[len(_BOM):]
+        if len(chunk) > max_line_bytes and not chunk.endswith(b"\n"):
+            size = len(chunk)
+            while True:
+                rest = f.readline(_SKIP_BYTES)
+                size += len(rest)
+                if not rest or rest.endswith(b"\n"):
+                    size -= rest.endswith(b"\n")
+                    break
+            yield lineno, None, (
+                f"line too long ({size} bytes; at most {max_line_bytes} are read): one JSON object per line, "
+                "and split long documents into several examples"
+            )
+            continue
+        try:
+            yield lineno, chunk.decode("utf-8"), None
+        except UnicodeDecodeError as e:
+            yield lineno, None, f"not UTF-8 (byte {e.start + 1} of the line); save the file as UTF-8 JSON Lines"
+
 
 def parse_lines(
-    lines: Iterable[str],
+    lines: Iterable[str | RawLine],
     wanted: str,
     report: DataReport,
     check_example: ExampleCheck | None = None,
@@ -533,7 +577,11 @@ def parse_lines(
         return []
     examples: list[tuple[int, Example]] = []
     first_source: tuple[str, int] | None = None
-    for lineno, raw in enumerate(lines, start=1):
+    for number, item in enumerate(lines, start=1):
+        lineno, raw, refused_line = item if isinstance(item, tuple) else (number, item, None)
+        if raw is None:
+            report.add_error(lineno, refused_line or "unreadable line")
+            continue
         if not raw.strip():
             report.blank_lines += 1
             continue
@@ -542,7 +590,14 @@ def parse_lines(
         except json.JSONDecodeError as e:
             report.add_error(lineno, f"invalid JSON ({e.msg} at column {e.colno})")
             continue
-        source, ex, errors = convert_record(obj, wanted)
+        except RecursionError:
+            report.add_error(lineno, "JSON nested too deeply; an example is a flat object of messages or fields")
+            continue
+        try:
+            source, ex, errors = convert_record(obj, wanted)
+        except RecursionError:
+            report.add_error(lineno, "JSON nested too deeply; an example is a flat object of messages or fields")
+            continue
         if source != "unknown":
             if first_source is None:
                 first_source = (source, lineno)
@@ -655,10 +710,12 @@ def sniff_file(path: str) -> str | None:
     if text.startswith("["):
         count = ""
         try:
-            with open(path, encoding="utf-8-sig") as f:
-                whole = json.load(f)
-            if isinstance(whole, list):
-                count = f" of {len(whole)} records"
+            # count the records only where the whole file may sit in memory
+            if os.path.getsize(path) <= MAX_LINE_BYTES:
+                with open(path, encoding="utf-8-sig") as f:
+                    whole = json.load(f)
+                if isinstance(whole, list):
+                    count = f" of {len(whole)} records"
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             pass
         return (
@@ -689,6 +746,7 @@ def load_jsonl(
     count_tokens: TokenCounter | None = None,
     max_seq_length: int | None = None,
     check_example: ExampleCheck | None = None,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> LoadedData:
     """Read, check, convert and split a JSONL dataset; the report says whether it is usable."""
     report = DataReport()
@@ -697,13 +755,8 @@ def load_jsonl(
     if not_jsonl:
         report.fatal.append(not_jsonl)
         return LoadedData(report, [], [])
-    try:
-        # utf-8-sig: a byte-order mark (as some Windows editors write) is accepted and dropped.
-        with open(path, encoding="utf-8-sig") as f:
-            parsed = parse_lines(f, data_format, report, check_example, system_prompt)
-    except UnicodeDecodeError as e:
-        report.fatal.append(f"the file is not UTF-8 (byte offset {e.start}); save it as UTF-8 JSON Lines")
-        return LoadedData(report, [], [])
+    with open(path, "rb") as f:
+        parsed = parse_lines(read_lines(f, max_line_bytes), data_format, report, check_example, system_prompt)
     report.format = _target_format(report.source_format, data_format)
     if report.source_format in ("sharegpt", "alpaca"):
         report.conversion = f"{report.source_format} -> {report.format} (see trainer_image/README.md)"
@@ -721,8 +774,8 @@ def load_jsonl(
             vreport.fatal.append(not_jsonl)
             vparsed = []
         else:
-            with open(validation_path, encoding="utf-8-sig") as f:
-                vparsed = parse_lines(f, data_format, vreport, check_example, system_prompt)
+            with open(validation_path, "rb") as f:
+                vparsed = parse_lines(read_lines(f, max_line_bytes), data_format, vreport, check_example, system_prompt)
         for err in vreport.errors:
             report.add_error(err.line, f"validation file: {err.message}")
         report.errors_total += vreport.errors_total - len(vreport.errors)

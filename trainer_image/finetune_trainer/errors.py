@@ -111,12 +111,14 @@ def classify(exc: BaseException, context: dict[str, Any] | None = None) -> Train
             ClientError,
             ConnectionError as BotoConnectionError,
             EndpointConnectionError,
+            HTTPClientError,
             ReadTimeoutError,
         )
     except ImportError:
         pass
     else:
-        if isinstance(exc, (EndpointConnectionError, BotoConnectionError, ReadTimeoutError)):
+        # HTTPClientError: a connection closed mid-request (ConnectionClosedError), as when the store stops
+        if isinstance(exc, (EndpointConnectionError, BotoConnectionError, ReadTimeoutError, HTTPClientError)):
             return StorageRetryable(f"S3 unreachable: {type(exc).__name__}")
         if isinstance(exc, ClientError):
             code = str(exc.response.get("Error", {}).get("Code", ""))

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .architecture import check_model_dir
 from .chat_templates import (
     TemplateChoice,
     choose_template,
@@ -50,14 +51,22 @@ def s3_client_for(cfg: Config) -> Any | None:
     j = cfg.job
     if j.s3_ca_bundle and not os.path.exists(j.s3_ca_bundle):
         raise ConfigError(f"s3_ca_bundle: '{j.s3_ca_bundle}' does not exist")
-    return make_client(S3Settings(j.s3_endpoint, j.s3_region, j.s3_path_style, j.s3_ca_bundle))
+    return make_client(S3Settings(j.s3_endpoint, j.s3_region, j.s3_path_style, j.s3_ca_bundle,
+                                  retry_mode=j.s3_retry_mode, max_attempts=j.s3_max_attempts,
+                                  connect_timeout=j.s3_connect_timeout_seconds, read_timeout=j.s3_read_timeout_seconds))
 
 
 def load_tokenizer(model_dir: str, trust_remote_code: bool = False) -> tuple[Any, TemplateChoice]:
     """The base model's tokenizer with a {% generation %}-marked chat template where we have one."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - any loader failure is the model's, said in words
+        raise ConfigError(
+            f"the base model's tokenizer could not be loaded ({str(e)[:200] or 'no reason given'}); "
+            "the model directory needs a tokenizer transformers can read (tokenizer.json or tokenizer.model)"
+        ) from None
     stock = tok.chat_template if isinstance(tok.chat_template, str) else None
     choice = choose_template(stock, set(tok.get_vocab()), tokenizer_renderer(tok))
     if choice.template is not None:
@@ -246,6 +255,7 @@ def prepare(cfg: Config, *, meta_only: bool) -> Prepared:
         revision=cfg.model.model_revision,
         meta_only=meta_only,
     )
+    check_model_dir(model.path, bool(cfg.sft.trust_remote_code))
     tokenizer, template = load_tokenizer(model.path, bool(cfg.sft.trust_remote_code))
     dataset_path = resolve_dataset(cfg.job.dataset_uri, s3=s3, work_dir=work_dir)
     validation_path = (

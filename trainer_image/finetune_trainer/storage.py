@@ -23,6 +23,11 @@ class S3Settings:
     region: str = ""
     path_style: bool = False
     ca_bundle: str = ""
+    # boto3 retries and timeouts (the operator's s3Retries); max_attempts 0: AWS_MAX_ATTEMPTS or 5
+    retry_mode: str = "standard"
+    max_attempts: int = 0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -53,13 +58,19 @@ def make_client(settings: S3Settings) -> Any:
     import boto3
     from botocore.config import Config
 
-    # AWS_MAX_ATTEMPTS in the environment wins (botocore reads it when the config leaves it unset).
-    retries: dict[str, Any] = {"mode": "standard"}
-    if "AWS_MAX_ATTEMPTS" not in os.environ:
+    # The operator's configured attempts win; without them AWS_MAX_ATTEMPTS in the environment does
+    # (botocore reads it when the config leaves it unset), else 5.
+    retries: dict[str, Any] = {"mode": settings.retry_mode}
+    if settings.max_attempts > 0:
+        # total_max_attempts counts the first attempt (botocore's max_attempts counts only retries)
+        retries["total_max_attempts"] = settings.max_attempts
+    elif "AWS_MAX_ATTEMPTS" not in os.environ:
         retries["max_attempts"] = 5
     config = Config(
         s3={"addressing_style": "path" if settings.path_style else "auto"},
         retries=retries,
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
         # boto3 >= 1.36 sends CRC checksums by default; several S3-compatible servers reject them.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",

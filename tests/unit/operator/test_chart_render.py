@@ -140,6 +140,8 @@ FULL: dict[str, Any] = {
         "leaseDurationSeconds": 30,
         "resyncSeconds": 2.5, "apiQps": 15, "apiBurst": 25, "progressIntervalSeconds": 5,
         "statusWritesPerSecond": 4, "workers": 2, "nodeBatchSeconds": 0.5, "relistSeconds": 120,
+        "network": {"hfEndpoint": "https://hf-mirror.example", "allowedLinkLocalHosts": ["169.254.10.0/24"]},
+        "s3Retries": {"mode": "adaptive", "maxAttempts": 4, "connectTimeoutSeconds": 3, "readTimeoutSeconds": 30.5},
     },
 }
 
@@ -259,6 +261,9 @@ def test_every_value_reaches_the_rendered_objects(helm: Path, tmp_path: Path) ->
     assert (cfg.shm_size, cfg.inspection_cpu, cfg.inspection_memory) == ("16Gi", "500m", "2Gi")
     assert (cfg.lease_name, cfg.lease_namespace, cfg.lease_duration_seconds) == ("fto-leader", NAMESPACE, 30)
     assert cfg.resync_seconds == 2.5
+    assert cfg.network.model_dump() == {"hf_endpoint": "https://hf-mirror.example", "allowed_link_local_hosts": ["169.254.10.0/24"]}
+    assert cfg.s3_retries.model_dump() == {"mode": "adaptive", "max_attempts": 4, "connect_timeout_seconds": 3.0,
+                                           "read_timeout_seconds": 30.5}
     assert (cfg.health_port, cfg.metrics_port) == (8181, 9191)
 
     dep = objects["Deployment"]
