@@ -1,6 +1,6 @@
 """Pytest fixtures for the local cluster: started once per session, never skipped.
 
-Register once per run (the tier conftests do it; a root ``pytest_plugins`` works too)::
+Register once per run (tests/conftest.py does it for every tier)::
 
     def pytest_configure(config):
         localcluster.pytest_plugin.register(config)
@@ -49,7 +49,7 @@ PLUGIN_NAME = "localcluster"
 
 
 def register(config: pytest.Config) -> None:
-    """Register this module as a plugin once, whichever tier's conftest asks first."""
+    """Register this module as a plugin once per run."""
     if not config.pluginmanager.has_plugin(PLUGIN_NAME):
         config.pluginmanager.register(sys.modules[__name__], PLUGIN_NAME)
 
