@@ -27,14 +27,6 @@ from localcluster.waiting import until
 CHART = helm_tool.CHART
 
 
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    try:
-        return helm_tool.locate()
-    except helm_tool.HelmError as e:
-        pytest.fail(str(e), pytrace=False)
-
-
 def render(helm: Path, release: str, namespace: str, tmp_path: Path, values: dict[str, Any] | None = None) -> Path:
     args = [str(helm), "template", release, str(CHART), "--namespace", namespace, "--kube-version", helm_tool.KUBE_VERSION]
     if values is not None:

@@ -17,9 +17,9 @@ import yaml
 
 from finetune_operator import api
 from localcluster.pytest_plugin import Kubectl
+from operator_env import crd  # noqa: F401 - the session fixture applying the CRD
 
 REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "finetunejobs.finetune.dev.yaml"
 EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
 
 SPEC: dict[str, Any] = {
@@ -28,14 +28,6 @@ SPEC: dict[str, Any] = {
     "training": {"maxSteps": 100},
     "output": {"uri": "s3://adapters/team/"},
 }
-
-
-@pytest.fixture(scope="module")
-def crd(kubectl: Kubectl) -> str:
-    """The CRD from crds/, applied and Established."""
-    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=test-crd", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
-    return api.CRD_NAME
 
 
 def manifest(spec: dict[str, Any], name: str | None = None) -> dict[str, Any]:

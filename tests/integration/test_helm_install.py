@@ -102,8 +102,7 @@ def _ready(deployment: client.V1Deployment, replicas: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def release(k8s_api: client.ApiClient, kubeconfig: Path, s3: Any, assets: dict[str, str]) -> Iterator[Release]:
-    helm = helm_tool.locate()
+def release(k8s_api: client.ApiClient, kubeconfig: Path, s3: Any, assets: dict[str, str], helm: Path) -> Iterator[Release]:
     core = client.CoreV1Api(k8s_api)
     suffix = uuid.uuid4().hex[:5]
     name, ns, jobs_ns = f"fto-{suffix}", f"fto-system-{suffix}", f"fto-jobs-{suffix}"

@@ -25,14 +25,6 @@ KUBE_VERSION = helm_tool.KUBE_VERSION
 RELEASE, NAMESPACE = "fto", "platform"
 
 
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    try:
-        return helm_tool.locate()
-    except helm_tool.HelmError as e:
-        pytest.fail(str(e), pytrace=False)
-
-
 def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     # A private HOME-like state so a developer's helm repositories and plugins never leak in.
     env = {**os.environ, "HELM_CACHE_HOME": "/tmp/fto-helm/cache", "HELM_CONFIG_HOME": "/tmp/fto-helm/config",
