@@ -132,11 +132,7 @@ class Plan:
 
     prep: Prepared
     report: DataReport
-    loss: dict[str, Any]
-
-    @property
-    def masking(self) -> str:
-        return str(self.loss["mode"])
+    loss: dict[str, Any]  # what the loss covers (masking_report), as the manifest records it
 
 
 @dataclass
