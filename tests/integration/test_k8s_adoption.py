@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.config import kube_config
 
 from finetune_operator import conditions, k8s, naming
 from localcluster import nodes
@@ -32,11 +33,14 @@ def _condition(body: dict[str, Any], type_: str) -> dict[str, Any]:
 @pytest.fixture
 def operator_client(service_account_kubeconfig: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """`finetune_operator.k8s` in this process, talking to the cluster as the operator's ServiceAccount."""
-    monkeypatch.setenv("KUBECONFIG", str(service_account_kubeconfig(CLUSTER_ROLE_FILE)))
+    # The client reads $KUBECONFIG when it is imported: point its default location at ours instead.
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(service_account_kubeconfig(CLUSTER_ROLE_FILE)))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # never the in-cluster path
     monkeypatch.setattr(k8s, "_configured", False)
     monkeypatch.setattr(k8s, "_local", threading.local())
+    default = client.Configuration.get_default_copy()
     yield
+    client.Configuration.set_default(default)  # configure() replaced the process-wide default
 
 
 def _owner(core: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
