@@ -221,14 +221,14 @@ def main() -> int:
         "peakRssBytes": peak_rss, "maxMemoryReservedBytes": gpu_mem.get("maxMemoryReservedBytes"),
         "deviceMemoryUsedBytes": gpu_mem.get("deviceMemoryUsedBytes"),
         "estimatePeakBytes": peak_est, "estimateTotalBytes": est["totalBytes"], "estimateBreakdown": est["breakdown"],
-        "computeDtype": cfg["compute_dtype"], "operatorFits": doc.get("fits"),
+        "computeDtype": cfg["dtype"], "operatorFits": doc.get("fits"),
     }
     if args.json:
         print(json.dumps(out))
         return 0
     gib = 2**30
     print(f"model {args.model_config}  seq {args.seq_len}  micro-batch {args.micro_batch}  r {args.r} on {args.targets}  "
-          f"({out['device']}, {cfg['compute_dtype']})")
+          f"({out['device']}, {cfg['dtype']})")
     print(f"steps {steps} in {train_s:.2f}s: {out['stepSeconds']:.3f} s/step, {out['tokensPerSecond']} tokens/s; "
           f"peak RSS {peak_rss / gib:.2f} GiB; wall {wall:.1f}s (model build {build_s:.1f}s)")
     reserved = out["maxMemoryReservedBytes"]

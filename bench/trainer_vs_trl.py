@@ -65,7 +65,7 @@ def ours_config(root: Path, model: Path, data: Path, a: argparse.Namespace, chec
 
     cfg = {
         "job_name": f"bench-{tag}", "job_uid": tag, "base_model_uri": str(model), "dataset_uri": str(data),
-        "output_uri": str(root / "runs"), "validation_split": "0", "compute_dtype": "fp32",
+        "output_uri": str(root / "runs"), "validation_split": "0", "dtype": "float32",
         "max_steps": a.steps, "per_device_train_batch_size": a.micro_batch, "gradient_accumulation_steps": 1,
         "max_length": a.seq_len, "learning_rate": 2e-4, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
         "lora_target_modules": ["q_proj", "v_proj"], "activation_checkpointing": checkpointing,

@@ -44,9 +44,24 @@ GPU_MIX: tuple[tuple[str, Gpu, str, str], ...] = (
     ("h100-80gb", Gpu("NVIDIA-H100-80GB-HBM3", 81559, 8, 9, 0, "hopper"), "192", "2048Gi"),
 )
 
+# The node conditions kwok posts: the same when a node becomes Ready and on each heartbeat.
+_NODE_CONDITIONS = r"""
+      {{ $now := Now }}
+      {{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
+      conditions:
+      {{ range NodeConditions }}
+      - lastHeartbeatTime: {{ $now | Quote }}
+        lastTransitionTime: {{ $lastTransitionTime | Quote }}
+        message: {{ .message | Quote }}
+        reason: {{ .reason | Quote }}
+        status: {{ .status | Quote }}
+        type: {{ .type | Quote }}
+      {{ end }}
+""".lstrip("\n")
+
 # kwok's defaults renew 4 leases at a time: with hundreds of nodes on a loaded API server
 # renewals fall behind the 40 s lease and the node lifecycle controller marks nodes NotReady.
-STAGES = r"""
+_STAGES = r"""
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options:
@@ -66,17 +81,7 @@ spec:
       values: ['True']
   next:
     statusTemplate: |
-      {{ $now := Now }}
-      {{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
-      conditions:
-      {{ range NodeConditions }}
-      - lastHeartbeatTime: {{ $now | Quote }}
-        lastTransitionTime: {{ $lastTransitionTime | Quote }}
-        message: {{ .message | Quote }}
-        reason: {{ .reason | Quote }}
-        status: {{ .status | Quote }}
-        type: {{ .type | Quote }}
-      {{ end }}
+      @node-conditions@
       addresses:
       - address: {{ NodeIP | Quote }}
         type: InternalIP
@@ -113,17 +118,7 @@ spec:
   delay: {durationMilliseconds: 300000, jitterDurationMilliseconds: 330000}
   next:
     statusTemplate: |
-      {{ $now := Now }}
-      {{ $lastTransitionTime := or .metadata.creationTimestamp $now }}
-      conditions:
-      {{ range NodeConditions }}
-      - lastHeartbeatTime: {{ $now | Quote }}
-        lastTransitionTime: {{ $lastTransitionTime | Quote }}
-        message: {{ .message | Quote }}
-        reason: {{ .reason | Quote }}
-        status: {{ .status | Quote }}
-        type: {{ .type | Quote }}
-      {{ end }}
+      @node-conditions@
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
@@ -175,6 +170,7 @@ spec:
   next:
     delete: true
 """
+STAGES = _STAGES.replace("      @node-conditions@\n", _NODE_CONDITIONS)
 
 
 class KwokError(RuntimeError):

@@ -1,6 +1,6 @@
 """Pytest fixtures for the local cluster: started once per session, never skipped.
 
-Register once per run (the tier conftests do it; a root ``pytest_plugins`` works too)::
+Register once per run (tests/conftest.py does it for every tier)::
 
     def pytest_configure(config):
         localcluster.pytest_plugin.register(config)
@@ -12,6 +12,7 @@ Fixtures:
     s3 (session)             -> localcluster.s3.SeaweedS3  running, bucket "finetune"
     namespace (function)     -> str                a fresh namespace, deleted afterwards
     kubectl (session)        -> Kubectl            runs the venv's kubectl against the cluster
+    helm (session)           -> pathlib.Path       the pinned helm (``localcluster.helm``; no cluster needed)
     service_account_kubeconfig (function)
         -> Callable[[rbac_file, name="finetune-operator", namespace=None], Path]
            creates a ServiceAccount bound to the roles in an RBAC YAML and returns a
@@ -39,6 +40,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from localcluster import helm as helm_tool
 from localcluster.cluster import ClusterInfo, dead_components, default_state_dir, down, is_up, up
 from localcluster.controlplane import ControlPlaneError, load_endpoints
 from localcluster.kubeconfig import write_kubeconfig
@@ -49,7 +51,7 @@ PLUGIN_NAME = "localcluster"
 
 
 def register(config: pytest.Config) -> None:
-    """Register this module as a plugin once, whichever tier's conftest asks first."""
+    """Register this module as a plugin once per run."""
     if not config.pluginmanager.has_plugin(PLUGIN_NAME):
         config.pluginmanager.register(sys.modules[__name__], PLUGIN_NAME)
 
@@ -121,6 +123,14 @@ def k8s_api(kubeconfig: Path) -> Iterator[client.ApiClient]:
 def kubectl(kubeconfig: Path) -> Kubectl:
     """The environment's kubectl, pointed at the session cluster with admin credentials."""
     return Kubectl(kubeconfig)
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    try:
+        return helm_tool.locate()
+    except helm_tool.HelmError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="session")

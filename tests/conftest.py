@@ -1,7 +1,11 @@
-"""Root test configuration: per-tier counts at the end of every run.
+"""Root test configuration, shared by every tier.
 
-CI's log shows how many tests ran in each tier, so a tier that silently stopped collecting
-(or started skipping) is visible at a glance.
+- The local cluster's fixtures (local_cluster, kubeconfig, k8s_api, kubectl, s3, namespace,
+  service_account_kubeconfig) from :mod:`localcluster.pytest_plugin`, registered once for the run,
+  so integration and e2e share one cluster. Fixtures start nothing until a test asks for them; a
+  tier's own conftest may override one (the trainer tier has its own ``s3``).
+- Per-tier counts at the end of every run: CI's log shows how many tests ran in each tier, so a
+  tier that silently stopped collecting (or started skipping) is visible at a glance.
 """
 
 from __future__ import annotations
@@ -11,8 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from localcluster import pytest_plugin
+
 TIERS = ("unit", "integration", "trainer", "e2e")
 _ROOT = Path(__file__).parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    pytest_plugin.register(config)
 
 
 def _tier(nodeid: str) -> str:

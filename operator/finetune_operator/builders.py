@@ -33,6 +33,10 @@ PERMANENT_EXIT_CODES = (EXIT_DATA_ERROR, EXIT_CONFIG_ERROR, EXIT_CUDA_OOM)
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
+# spec.quantization.computeDtype → the trainer's `dtype` (TRL's ModelConfig.dtype values).
+TRAINER_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "auto"}
+
+
 def spec_hash(spec: dict[str, Any]) -> str:
     """Hash of everything in the spec that shapes the run (all but runPolicy.suspend)."""
     material = json.loads(json.dumps(spec))
@@ -124,7 +128,8 @@ def trainer_config(
         "s3_max_attempts": config.s3_retries.max_attempts,
         "s3_connect_timeout_seconds": config.s3_retries.connect_timeout_seconds,
         "s3_read_timeout_seconds": config.s3_retries.read_timeout_seconds,
-        "compute_dtype": resolved.get("computeDtype") or "fp32",
+        # ModelConfig.dtype: the base model's compute dtype (TRL's names; auto: resolved on the node).
+        "dtype": TRAINER_DTYPES[resolved.get("computeDtype") or "fp32"],
         "checkpoint_interval_steps": spec.training.checkpoint.every_steps or 0,
         "checkpoint_interval_minutes": spec.training.checkpoint.every_minutes,
         "keep_checkpoints": spec.training.checkpoint.keep,

@@ -24,6 +24,7 @@ CHAT_DATA = f"s3://{BUCKET}/data/chat.jsonl"
 BAD_DATA = f"s3://{BUCKET}/data/bad.jsonl"
 OUTPUT = f"s3://{BUCKET}/adapters/"
 GROUP, VERSION, PLURAL = "finetune.dev", "v1alpha1", "finetunejobs"
+CRD_NAME = f"{PLURAL}.{GROUP}"
 
 # Llama-3.1-70B's config.json (public facts); inspection reads only this and the tokenizer.
 LLAMA_70B_CONFIG = {
@@ -36,8 +37,10 @@ LLAMA_70B_CONFIG = {
 
 
 @pytest.fixture(scope="session")
-def crd(kubeconfig: Path) -> None:
+def crd(kubeconfig: Path) -> str:
+    """The generated CRD, applied once per session and Established; its name."""
     install_crd(kubeconfig)
+    return CRD_NAME
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +76,7 @@ def assets(s3: Any, s3_client: Any, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def job_namespace(namespace: str, k8s_api: client.ApiClient, s3: Any, crd: None, assets: dict[str, str]) -> str:
+def job_namespace(namespace: str, k8s_api: client.ApiClient, s3: Any, crd: str, assets: dict[str, str]) -> str:
     """The test's namespace with the S3 credentials Secret the jobs reference."""
     client.CoreV1Api(k8s_api).create_namespaced_secret(namespace, {
         "metadata": {"name": "s3-creds"},

@@ -12,45 +12,23 @@ without it these tests fail with the reason.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
 
+from localcluster import helm as helm_tool
 from localcluster.pytest_plugin import Kubectl
 from localcluster.waiting import until
 
-REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "finetune-operator"
-
-
-def _unit_chart_module() -> ModuleType:
-    """The unit tier's chart module: one helm locator and one every-key values file, not two."""
-    path = REPO / "tests" / "unit" / "operator" / "test_chart_render.py"
-    spec = importlib.util.spec_from_file_location("fto_chart_render", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fto_chart_render"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-UNIT = _unit_chart_module()
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    return UNIT.locate_helm()  # type: ignore[no-any-return]
+CHART = helm_tool.CHART
 
 
 def render(helm: Path, release: str, namespace: str, tmp_path: Path, values: dict[str, Any] | None = None) -> Path:
-    args = [str(helm), "template", release, str(CHART), "--namespace", namespace, "--kube-version", UNIT.KUBE_VERSION]
+    args = [str(helm), "template", release, str(CHART), "--namespace", namespace, "--kube-version", helm_tool.KUBE_VERSION]
     if values is not None:
         vpath = tmp_path / "values.yaml"
         vpath.write_text(yaml.safe_dump(values))
@@ -78,11 +56,11 @@ def objects(manifest: Path) -> list[dict[str, Any]]:
 def test_rendered_chart_is_accepted_by_the_api_server(helm: Path, kubectl: Kubectl, namespace: str, tmp_path: Path,
                                                       values: str | None) -> None:
     release = f"fto-{namespace[-6:]}"
-    manifest = render(helm, release, namespace, tmp_path, UNIT.FULL if values == "full" else None)
+    manifest = render(helm, release, namespace, tmp_path, helm_tool.full_values() if values == "full" else None)
     rendered = objects(manifest)
     if any(o["kind"] == "ServiceMonitor" for o in rendered):
         # Every key includes the optional ServiceMonitor: its CRD comes with prometheus-operator.
-        crd = REPO / "tests" / "integration" / "fixtures" / "servicemonitors.monitoring.coreos.com.yaml"
+        crd = Path(__file__).with_name("fixtures") / "servicemonitors.monitoring.coreos.com.yaml"
         kubectl("apply", "--server-side", "-f", str(crd))
         kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/servicemonitors.monitoring.coreos.com")
     assert {o["kind"] for o in rendered} >= {"CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
@@ -153,7 +131,8 @@ def test_rendered_config_survives_the_api_server(helm: Path, kubectl: Kubectl, n
     from finetune_operator import config
 
     release = f"fto-{namespace[-6:]}"
-    cms = [o for o in objects(render(helm, release, namespace, tmp_path, UNIT.FULL)) if o["kind"] == "ConfigMap"]
+    full = helm_tool.full_values()
+    cms = [o for o in objects(render(helm, release, namespace, tmp_path, full)) if o["kind"] == "ConfigMap"]
     path = tmp_path / "cm.yaml"
     path.write_text(yaml.safe_dump_all(cms))
     kubectl("apply", "--server-side", "--field-manager=fto-chart-test", "-n", namespace, "-f", str(path))
@@ -162,4 +141,4 @@ def test_rendered_config_survives_the_api_server(helm: Path, kubectl: Kubectl, n
     cfg_file.write_text(stored["data"]["config.yaml"])
     cfg = config.load({"FINETUNE_OPERATOR_CONFIG": str(cfg_file)})
     assert cfg.lease_namespace == namespace
-    assert cfg.max_concurrent_jobs == UNIT.FULL["config"]["maxConcurrentJobs"]
+    assert cfg.max_concurrent_jobs == full["config"]["maxConcurrentJobs"]

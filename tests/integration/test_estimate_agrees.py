@@ -15,9 +15,8 @@ import pytest
 
 from finetune_operator import api
 from localcluster.pytest_plugin import Kubectl
+from operator_env import crd  # noqa: F401 - the session fixture applying the CRD
 
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "finetunejobs.finetune.dev.yaml"
 
 HEAD = f"""apiVersion: {api.API_VERSION}
 kind: {api.KIND}
@@ -55,13 +54,6 @@ CASES = [
     ("bad-quantity", manifest(DATASET + TRAINING + "  resources:\n    memory: lots\n"), False),
     ("both-epochs-and-steps", manifest(DATASET + "  training:\n    maxSteps: 10\n    epochs: 1\n"), False),
 ]
-
-
-@pytest.fixture(scope="module")
-def crd(kubectl: Kubectl) -> str:
-    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=test-estimate-agrees", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
-    return api.CRD_NAME
 
 
 @pytest.mark.parametrize(("case", "text", "accepted"), CASES, ids=[c[0] for c in CASES])

@@ -11,7 +11,6 @@ runner mounts it like a kubelet); the installer (helm) is the admin, as a platfo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -22,7 +21,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -30,6 +28,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from localcluster import helm as helm_tool
 from localcluster.probes import HOST_PORTS_ANNOTATION
 from localcluster.pytest_plugin import Kubectl
 from localcluster.waiting import until
@@ -41,18 +40,6 @@ FIXTURES = Path(__file__).with_name("fixtures")
 CRD_NAME = "finetunejobs.finetune.dev"
 SLOW_TRAINER = "ghcr.io/finetune-operator/trainer:test-slow"  # 1 s per step: still running during an upgrade
 SELECTOR = "app.kubernetes.io/name=finetune-operator,app.kubernetes.io/instance="
-
-
-def _unit_chart_module() -> ModuleType:
-    """The unit tier's chart module, for its one helm locator."""
-    path = REPO / "tests" / "unit" / "operator" / "test_chart_render.py"
-    spec = importlib.util.spec_from_file_location("fto_chart_render", path)
-    assert spec and spec.loader
-    module = sys.modules.get("fto_chart_render") or importlib.util.module_from_spec(spec)
-    if "fto_chart_render" not in sys.modules:
-        sys.modules["fto_chart_render"] = module
-        spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
@@ -115,8 +102,7 @@ def _ready(deployment: client.V1Deployment, replicas: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def release(k8s_api: client.ApiClient, kubeconfig: Path, s3: Any, assets: dict[str, str]) -> Iterator[Release]:
-    helm = _unit_chart_module().locate_helm()
+def release(k8s_api: client.ApiClient, kubeconfig: Path, s3: Any, assets: dict[str, str], helm: Path) -> Iterator[Release]:
     core = client.CoreV1Api(k8s_api)
     suffix = uuid.uuid4().hex[:5]
     name, ns, jobs_ns = f"fto-{suffix}", f"fto-system-{suffix}", f"fto-jobs-{suffix}"
@@ -250,7 +236,7 @@ def test_service_monitor_and_network_policy_are_accepted(release: Release, kubec
               "networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelector": {"matchLabels": {
                   "kubernetes.io/metadata.name": "monitoring"}}}]}}
     out = release.run("template", release.name, str(CHART), "--namespace", release.namespace,
-                      "--kube-version", _unit_chart_module().KUBE_VERSION, "--values", str(release.values_file(values, "optional")),
+                      "--kube-version", helm_tool.KUBE_VERSION, "--values", str(release.values_file(values, "optional")),
                       "--show-only", "templates/servicemonitor.yaml", "--show-only", "templates/networkpolicy.yaml").stdout
     path = tmp_path / "optional.yaml"
     path.write_text(out)

@@ -69,7 +69,7 @@ class Harness:
             "s3_endpoint": self.s3.endpoint,
             "s3_region": "us-east-1",
             "s3_path_style": True,
-            "compute_dtype": "fp32",
+            "dtype": "float32",
             "max_steps": 4,
             "per_device_train_batch_size": 4,
             "learning_rate": 0.002,

@@ -39,9 +39,9 @@ def test_unknown_key_is_a_config_error(harness, in_process):
 
 
 def test_bad_value_is_a_config_error(harness, in_process):
-    config, _ = harness.config("cfg", base_model_uri="s3://models/tiny/", dataset_uri="s3://d/x.jsonl", compute_dtype="int3")
+    config, _ = harness.config("cfg", base_model_uri="s3://models/tiny/", dataset_uri="s3://d/x.jsonl", dtype="int3")
     assert main(["inspect", "--config", config]) == 11
-    assert "compute_dtype" in in_process()["message"]
+    assert in_process()["message"].startswith("dtype: must be one of auto, bfloat16")
 
 
 def test_unusable_data_is_a_data_error_without_dataset_text(harness, in_process, s3_model_uri):

@@ -72,9 +72,11 @@ def test_sigterm_mid_run_saves_a_checkpoint_and_exits_13(harness, s3_model_uri):
     prefix = harness.prefix(cfg)
     proc = harness.popen("sigterm", "--config", config, FINETUNE_TRAINER_TEST_HOOKS=SLOW_STEPS)
     try:
-        # The baseline report is written just before the training loop starts.
+        # The baseline report is written just before the training loop starts; the first logged
+        # train loss (a progress line) says an optimizer step is done, so there is a step to save.
         _wait_for(lambda: prefix + "reports/baseline.json" in harness.keys(prefix), proc)
-        time.sleep(3)
+        log = harness.root / "sigterm.log"
+        _wait_for(lambda: '"trainLoss"' in log.read_text(errors="replace"), proc)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 13
     finally:

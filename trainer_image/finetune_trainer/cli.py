@@ -116,7 +116,7 @@ def _run(argv: list[str]) -> int:
     cfg = parse_config(argv)
     from .train import run_training
 
-    return run_training(cfg, argv)
+    return run_training(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ from .chat_templates import (
     verify_on,
 )
 from .config import Config, default_cache_dir
+from .config import work_dir as run_work_dir
 from .data import Example, LoadedData, load_jsonl
 from .errors import ConfigError
 from .runstore import RunStore, open_run_store
@@ -40,8 +41,7 @@ class Prepared:
 
 
 def work_dir_for(cfg: Config) -> str:
-    base = os.environ.get("FINETUNE_WORK_DIR") or os.path.join(os.environ.get("TMPDIR", "/tmp"), "finetune")
-    return os.path.join(base, cfg.job.run_name)
+    return run_work_dir(cfg.job)
 
 
 def s3_client_for(cfg: Config) -> Any | None:

@@ -1,4 +1,9 @@
-"""`finetune-trainer --config train.yaml`: QLoRA with SFTTrainer, checkpoints in S3, a verified adapter."""
+"""`finetune-trainer --config train.yaml`: QLoRA with SFTTrainer, checkpoints in S3, a verified adapter.
+
+Read top to bottom the way TRL's `sft.py` reads: prepare (inputs, masking) → load (the 4-bit
+model) → build the trainer (datasets, callbacks, resume) → train and verify → publish (adapter,
+then the manifest that marks it complete). The configuration is parsed once, before any of it.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +13,30 @@ import logging
 import os
 import shutil
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from .checkpoints import InterruptFlag, latest_checkpoint, load_test_hooks, make_checkpoint_callback
-from .config import Config, parse_config, resolve_compute_dtype
+from .checkpoints import InterruptFlag, RemoteCheckpoint, latest_checkpoint, load_test_hooks, make_checkpoint_callback
+from .config import Config
 from .data import DataReport
 from .errors import ConfigError, DataError, ExitCode, Interrupted, classify, write_termination
-from .job import masking_report, prepare, s3_client_for, tokenize_conversation, work_dir_for, zero_weight_messages
-from .manifest import jsonable, library_versions, peak_gpu_memory
+from .job import (
+    Prepared,
+    masking_report,
+    prepare,
+    s3_client_for,
+    tokenize_conversation,
+    work_dir_for,
+    zero_weight_messages,
+)
+from .manifest import MANIFEST, activation_checkpointing_on, adapter_report, build_manifest
 from .progress import ProgressReporter, decimal_str
-from .runstore import open_run_store
+from .runstore import RunStore, open_run_store
 from .weights import fingerprints, force_cpu_4bit_repack, keep_standard_4bit_layout, weight_checks
 
 log = logging.getLogger("finetune_trainer.train")
 
-MANIFEST = "adapter/manifest.json"
 BASELINE = "reports/baseline.json"
-
-
-def _torch_dtype(name: str) -> Any:
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def _dist_info() -> tuple[int, int, int]:
-    """(rank, local rank, world size) from torchrun's environment."""
-    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def make_progress_callback(progress: ProgressReporter, is_main: bool) -> Any:
@@ -97,92 +98,146 @@ def check_gpus(expected: int) -> None:
     )
 
 
-def run_training(cfg: Config, argv: list[str]) -> int:
+def run_training(cfg: Config) -> int:
     """Train, checkpoint, upload; returns the exit code (errors raise TrainerError subclasses)."""
     flag = InterruptFlag()
     flag.install()
     try:
-        return _train(cfg, argv, flag)
+        return _train(cfg, flag)
     finally:
         flag.uninstall()
 
 
-def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
-    job = cfg.job
-    rank, local_rank, world = _dist_info()
-    is_main = rank == 0
-    started = time.time()
-    check_gpus(job.expect_gpus)
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a torchrun launch (one process without torchrun)."""
 
-    store = open_run_store(job.run_prefix, s3_client_for(cfg))
+    rank: int
+    local_rank: int
+    world: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> Ranks:
+        env = os.environ
+        return cls(int(env.get("RANK", "0")), int(env.get("LOCAL_RANK", "0")), int(env.get("WORLD_SIZE", "1")))
+
+
+@dataclass
+class Plan:
+    """What `prepare` settled: the fetched inputs and what the loss covers."""
+
+    prep: Prepared
+    report: DataReport
+    loss: dict[str, Any]  # what the loss covers (masking_report), as the manifest records it
+
+
+@dataclass
+class Setup:
+    """The trainer, built over the loaded model, and where it resumes from."""
+
+    trainer: Any
+    quant: Any
+    checkpoints: Any  # the CheckpointSync callback: it knows the last uploaded checkpoint
+    resume: RemoteCheckpoint | None
+    has_eval: bool
+    shape: dict[str, Any]  # what an out-of-memory message names
+    trained_tokens: int | None
+
+
+@dataclass
+class Outcome:
+    """The run's results, verified before anything is published."""
+
+    baseline: float | None
+    final: float | None
+    train_loss: float
+    train_runtime: float | None
+    train_losses: list[float]
+    checks: dict[str, Any]
+    warnings: list[str]
+
+
+def _train(cfg: Config, flag: InterruptFlag) -> int:
+    ranks = Ranks.from_env()
+    started = time.time()
+    check_gpus(cfg.job.expect_gpus)
+    store = open_run_store(cfg.job.run_prefix, s3_client_for(cfg))
     if store.exists(MANIFEST):
         # A rerun (e.g. a retried pod) must never touch a completed adapter.
         log.info("adapter already complete at %s; nothing to do", store.uri(MANIFEST))
-        if is_main:
-            done = json.loads(store.read_bytes(MANIFEST))
-            results = done.get("results") or {}
-            write_termination(ExitCode.SUCCEEDED, "adapter already complete", adapterUri=store.uri("adapter/"),
-                              adapter=adapter_report(store, done), baselineEvalLoss=results.get("baselineEvalLoss"),
-                              finalEvalLoss=results.get("finalEvalLoss"))
+        if ranks.is_main:
+            report_complete(store)
         return 0
-
     progress = ProgressReporter(
-        job.progress_configmap if is_main else "",
-        job.job_namespace,
-        interval_seconds=job.progress_interval_seconds,
+        cfg.job.progress_configmap if ranks.is_main else "",
+        cfg.job.job_namespace,
+        interval_seconds=cfg.job.progress_interval_seconds,
     )
+    plan = prepare_run(cfg, ranks, progress)
+    model, quant = load_model(cfg, plan, ranks)
+    setup = build_trainer(cfg, plan, model, quant, ranks, flag, progress)
+    outcome = train(setup, plan, ranks, flag, progress)
+    if not ranks.is_main:
+        return 0
+    publish(cfg, plan, setup, outcome, ranks, progress, started)
+    return 0
+
+
+def report_complete(store: RunStore) -> None:
+    """The success termination message of an adapter a previous attempt completed."""
+    done = json.loads(store.read_bytes(MANIFEST))
+    results = done.get("results") or {}
+    write_termination(ExitCode.SUCCEEDED, "adapter already complete", adapterUri=store.uri("adapter/"),
+                      adapter=adapter_report(store, done), baselineEvalLoss=results.get("baselineEvalLoss"),
+                      finalEvalLoss=results.get("finalEvalLoss"))
+
+
+def prepare_run(cfg: Config, ranks: Ranks, progress: ProgressReporter) -> Plan:
+    """Fetch model and data, check the data, decide what the loss covers, clear the scratch output."""
     # Ranks share the node's cache and work directories: the local main process downloads first,
     # the others then find the completed cache.
-    with _local_main_first(world):
+    with _local_main_first(ranks.world):
         prep = prepare(cfg, meta_only=False)
     report: DataReport = prep.data.report
     if not report.usable:
         raise DataError("data unusable: " + "; ".join(report.fatal[:2] or [f"{report.errors_total} lines have errors"]), data=report.summary())
+    if cfg.job.wandb_project:
+        _enable_wandb(cfg)
+    if ranks.is_main and os.path.isdir(cfg.sft.output_dir):
+        shutil.rmtree(cfg.sft.output_dir)  # only the run store's complete checkpoints count
 
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-    from trl import SFTTrainer, get_peft_config, get_quantization_config
-
-    dtype_name = resolve_compute_dtype(job.compute_dtype)
-    use_cuda = torch.cuda.is_available()
-    # TrainingArguments derives device and mixed precision in __post_init__, so these go through the
-    # parser (command-line values override the file) rather than being set on the parsed object.
-    overrides = {
-        "output_dir": os.path.join(prep.work_dir, "trainer"),
-        "save_strategy": "no",  # checkpoints are triggered by CheckpointSync (steps or minutes)
-        "save_total_limit": 1,
-        "run_name": job.run_name,
-    }
-    if job.wandb_project:
-        overrides["report_to"] = _enable_wandb(cfg)
-    cfg = parse_config([*argv, *[a for k, v in overrides.items() for a in (f"--{k}", str(v))]])
-    sft = cfg.sft
-    if is_main and os.path.isdir(sft.output_dir):
-        shutil.rmtree(sft.output_dir)  # only the run store's complete checkpoints count
-
-    fmt = report.format
     zero_weight = sum(zero_weight_messages(ex) for ex in prep.data.train)
-    loss = masking_report(fmt, prep.template, job.train_on_inputs, zero_weight)
-    masking = loss["mode"]
+    loss = masking_report(report.format, prep.template, cfg.job.train_on_inputs, zero_weight)
     # Conversations are tokenized here (tools, per-message weight); TRL builds labels from their masks.
-    sft.assistant_only_loss = False
-    sft.completion_only_loss = masking == "completion_only"
-    progress.update(lossMasking=masking, chatTemplate=loss["chatTemplate"])
+    cfg.sft.assistant_only_loss = False
+    cfg.sft.completion_only_loss = loss["mode"] == "completion_only"
+    progress.update(lossMasking=loss["mode"], chatTemplate=loss["chatTemplate"])
     log.info("loss masking: %s", json.dumps(loss, sort_keys=True))
+    return Plan(prep, report, loss)
 
+
+def load_model(cfg: Config, plan: Plan, ranks: Ranks) -> tuple[Any, Any]:
+    """The 4-bit base model on this rank's device, in the configured dtype; and its quantization config."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl import get_quantization_config
+
+    dtype = getattr(torch, cfg.model.dtype or "float32")
     quant = get_quantization_config(cfg.model)
-    compute_dtype = _torch_dtype(dtype_name)
     if quant is not None:
-        quant.bnb_4bit_compute_dtype = compute_dtype
-    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+        quant.bnb_4bit_compute_dtype = dtype
+    device = f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(
-        prep.model.path,
+        plan.prep.model.path,
         quantization_config=quant,
-        dtype=compute_dtype,
+        dtype=dtype,
         device_map={"": device},
         attn_implementation=cfg.model.attn_implementation,
-        trust_remote_code=bool(sft.trust_remote_code),
+        trust_remote_code=bool(cfg.sft.trust_remote_code),
     )
     # Same weights, same bytes on every CPU: no in-place AVX-512 BF16 repack (see weights.py).
     # The test hook takes that path on any CPU, to show the manifest's checks hold on it too.
@@ -190,100 +245,127 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         force_cpu_4bit_repack(model)
     else:
         keep_standard_4bit_layout(model)
-    peft_config = get_peft_config(cfg.model)
+    return model, quant
 
+
+def build_trainer(cfg: Config, plan: Plan, model: Any, quant: Any, ranks: Ranks, flag: InterruptFlag,
+                  progress: ProgressReporter) -> Setup:
+    """Datasets, callbacks and the SFTTrainer; the last complete checkpoint fetched to resume from."""
+    from trl import SFTTrainer, get_peft_config
+
+    sft, prep = cfg.sft, plan.prep
     resume = latest_checkpoint(prep.store)
-    resume_dir = None
     if resume is not None:
-        resume_dir = os.path.join(sft.output_dir, f"checkpoint-{resume.step}")
-        if local_rank == 0:
-            prep.store.download_dir(resume.rel, resume_dir)
-        _barrier(world)
+        if ranks.local_rank == 0:
+            prep.store.download_dir(resume.rel, _resume_dir(cfg, resume))
+        _barrier(ranks.world)
         log.info("resuming from checkpoint %d at %s", resume.step, prep.store.uri(resume.rel))
-
-    callbacks = [
-        make_checkpoint_callback(
-            store=prep.store,
-            interval_steps=job.checkpoint_interval_steps,
-            interval_minutes=job.checkpoint_interval_minutes,
-            keep=job.keep_checkpoints,
-            flag=flag,
-            progress=progress,
-            is_main=is_main,
-            world_size=world,
-        ),
-        make_progress_callback(progress, is_main),
-    ]
-    def as_dataset(examples: list[dict[str, Any]]) -> Any:
-        if fmt != "messages":
-            return Dataset.from_list(examples)
-        return Dataset.from_list([
-            tokenize_conversation(prep.tokenizer, ex, marked=prep.template.marked, train_on_inputs=job.train_on_inputs)
-            for ex in examples
-        ])
-
-    train_ds = as_dataset(prep.data.train)
-    eval_ds = as_dataset(prep.data.validation) if prep.data.validation else None
-    if fmt == "messages" and sft.max_length and not sft.packing:
-        # TRL drops examples whose trained tokens all fall past max_length: say so, never silently.
-        lost = sum(1 for m in train_ds["assistant_masks"] if 1 not in m[: sft.max_length])
-        if lost:
-            msg = (f"{lost} of {len(train_ds)} training examples have no trained token within max_length "
-                   f"{sft.max_length} and are left out; raise max_length")
-            report.warnings.append(msg)
-            log.warning(msg)
-            if lost == len(train_ds):
-                raise DataError(msg.replace("are left out", "so nothing would be trained"), data=report.summary())
+    checkpoints = make_checkpoint_callback(
+        store=prep.store,
+        interval_steps=cfg.job.checkpoint_interval_steps,
+        interval_minutes=cfg.job.checkpoint_interval_minutes,
+        keep=cfg.job.keep_checkpoints,
+        flag=flag,
+        progress=progress,
+        is_main=ranks.is_main,
+        world_size=ranks.world,
+    )
+    train_ds = _as_dataset(cfg, plan, prep.data.train)
+    eval_ds = _as_dataset(cfg, plan, prep.data.validation) if prep.data.validation else None
+    _check_max_length(cfg, plan, train_ds)
     trainer = SFTTrainer(
         model=model,
         args=sft,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         processing_class=prep.tokenizer,
-        peft_config=peft_config,
-        callbacks=callbacks,
+        peft_config=get_peft_config(cfg.model),
+        callbacks=[checkpoints, make_progress_callback(progress, ranks.is_main)],
     )
-    shape = {"per_device_train_batch_size": sft.per_device_train_batch_size, "max_length": sft.max_length}
     columns = trainer.train_dataset.column_names or []
     # Tokens that carry loss in one pass over the data: what the masking really left to learn from.
     trained_tokens = (
         sum(sum(1 for t in row if t != -100) for row in trainer.train_dataset["labels"]) if "labels" in columns else None
     )
+    shape = {"per_device_train_batch_size": sft.per_device_train_batch_size, "max_length": sft.max_length}
+    return Setup(trainer, quant, checkpoints, resume, eval_ds is not None, shape, trained_tokens)
 
+
+def _resume_dir(cfg: Config, resume: RemoteCheckpoint) -> str:
+    return os.path.join(cfg.sft.output_dir, f"checkpoint-{resume.step}")
+
+
+def _as_dataset(cfg: Config, plan: Plan, examples: list[dict[str, Any]]) -> Any:
+    from datasets import Dataset
+
+    if plan.report.format != "messages":
+        return Dataset.from_list(examples)
+    prep = plan.prep
+    return Dataset.from_list([
+        tokenize_conversation(prep.tokenizer, ex, marked=prep.template.marked, train_on_inputs=cfg.job.train_on_inputs)
+        for ex in examples
+    ])
+
+
+def _check_max_length(cfg: Config, plan: Plan, train_ds: Any) -> None:
+    """TRL drops examples whose trained tokens all fall past max_length: say so, never silently."""
+    sft = cfg.sft
+    if plan.report.format != "messages" or not sft.max_length or sft.packing:
+        return
+    lost = sum(1 for m in train_ds["assistant_masks"] if 1 not in m[: sft.max_length])
+    if not lost:
+        return
+    msg = (f"{lost} of {len(train_ds)} training examples have no trained token within max_length "
+           f"{sft.max_length} and are left out; raise max_length")
+    plan.report.warnings.append(msg)
+    log.warning(msg)
+    if lost == len(train_ds):
+        raise DataError(msg.replace("are left out", "so nothing would be trained"), data=plan.report.summary())
+
+
+def train(setup: Setup, plan: Plan, ranks: Ranks, flag: InterruptFlag, progress: ProgressReporter) -> Outcome:
+    """Baseline eval, the training loop, then the checks: LoRA weights moved, base weights did not."""
+    trainer, store = setup.trainer, plan.prep.store
     baseline = None
-    if eval_ds is not None:
-        if resume is not None and prep.store.exists(BASELINE):
-            baseline = json.loads(prep.store.read_bytes(BASELINE))["evalLoss"]
+    if setup.has_eval:
+        if setup.resume is not None and store.exists(BASELINE):
+            baseline = float(json.loads(store.read_bytes(BASELINE))["evalLoss"])
         else:
             progress.update(phase="baseline")
-            baseline = _evaluate(trainer, shape)
-            if is_main:
-                prep.store.put_bytes(BASELINE, json.dumps({"evalLoss": baseline}).encode())
+            baseline = _evaluate(trainer, setup.shape)
+            if ranks.is_main:
+                store.put_bytes(BASELINE, json.dumps({"evalLoss": baseline}).encode())
         progress.update(phase="training", baselineEvalLoss=decimal_str(baseline), force=True)
 
     before = fingerprints(trainer.model)
+    resume_dir = _resume_dir(plan.prep.cfg, setup.resume) if setup.resume is not None else None
     try:
         result = trainer.train(resume_from_checkpoint=resume_dir)
     except BaseException as e:
-        raise classify(e, shape) from e
+        raise classify(e, setup.shape) from e
     finally:
         flag.in_training_loop = False
     if flag.requested:
-        last = callbacks[0].last_uploaded
-        where = f"checkpoint {last.step} saved to {prep.store.uri(last.rel)}" if last else "no checkpoint saved"
+        last = setup.checkpoints.last_uploaded
+        where = f"checkpoint {last.step} saved to {store.uri(last.rel)}" if last else "no checkpoint saved"
         raise Interrupted(f"SIGTERM: {where}", lastCheckpointStep=last.step if last else None)
 
     checks = weight_checks(trainer.model, before)
-    final = _evaluate(trainer, shape) if eval_ds is not None else None
+    final = _evaluate(trainer, setup.shape) if setup.has_eval else None
     train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    warnings = list(report.warnings)
+    warnings = list(plan.report.warnings)
     overfit = overfitting_warning(baseline, final, train_losses)
     if overfit:
         warnings.append(overfit)
         log.warning(overfit)
-    if not is_main:
-        return 0
+    return Outcome(baseline, final, result.training_loss, result.metrics.get("train_runtime"), train_losses,
+                   checks, warnings)
 
+
+def publish(cfg: Config, plan: Plan, setup: Setup, outcome: Outcome, ranks: Ranks, progress: ProgressReporter,
+            started: float) -> None:
+    """Upload the adapter, then its manifest (written last, once: it marks the adapter complete)."""
+    trainer, prep = setup.trainer, plan.prep
     progress.update(phase="uploading", force=True)
     adapter_dir = os.path.join(prep.work_dir, "adapter")
     shutil.rmtree(adapter_dir, ignore_errors=True)
@@ -298,64 +380,34 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         os.remove(os.path.join(adapter_dir, "training_args.bin"))
     files = prep.store.upload_dir("adapter", adapter_dir)
 
-    lora = trainer.model.peft_config["default"]
-    num_tokens = next((h["num_tokens"] for h in reversed(trainer.state.log_history) if "num_tokens" in h), None)
-    manifest = {
-        "jobUid": job.job_uid,
-        "jobName": job.job_name,
-        "jobNamespace": job.job_namespace,
-        "baseModel": {"uri": prep.model.uri, "revision": prep.model.revision, "contentHash": prep.model.content_hash},
-        "dataset": {
-            "uri": job.dataset_uri,
-            "sha256": report.sha256,
-            "validationUri": job.validation_uri or None,
-            "format": report.format,
-            "sourceFormat": report.source_format,
-            "examples": report.examples,
-            "train": report.train,
-            "validation": report.validation,
-        },
-        "systemPrompt": job.system_prompt or None,
-        "lossMasking": masking,
-        "lossMaskingDetails": loss,
-        "chatTemplate": prep.template.to_json(),
-        "hyperparameters": jsonable(
-            {
-                "computeDtype": dtype_name,
-                "quantization": quant.to_dict() if quant is not None else None,
-                "lora": {
-                    "r": lora.r,
-                    "lora_alpha": lora.lora_alpha,
-                    "lora_dropout": lora.lora_dropout,
-                    "target_modules": sorted(lora.target_modules) if lora.target_modules else None,
-                    "use_dora": lora.use_dora,
-                    "use_rslora": lora.use_rslora,
-                },
-                "training": {k: getattr(sft, k) for k in _HYPERPARAMETERS if hasattr(sft, k)},
-                "worldSize": world,
-            }
-        ),
-        "results": {
-            "baselineEvalLoss": baseline,
-            "finalEvalLoss": final,
-            "trainLoss": result.training_loss,
-            "lastTrainLoss": train_losses[-1] if train_losses else None,
+    history = trainer.state.log_history
+    num_tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None)
+    manifest = build_manifest(
+        cfg,
+        prep,
+        loss=plan.loss,
+        quant=setup.quant,
+        lora=trainer.model.peft_config["default"],
+        world_size=ranks.world,
+        results={
+            "baselineEvalLoss": outcome.baseline,
+            "finalEvalLoss": outcome.final,
+            "trainLoss": outcome.train_loss,
+            "lastTrainLoss": outcome.train_losses[-1] if outcome.train_losses else None,
             "globalStep": trainer.state.global_step,
-            "resumedFromStep": resume.step if resume else None,
+            "resumedFromStep": setup.resume.step if setup.resume else None,
             "tokens": int(num_tokens) if num_tokens is not None else None,
-            "trainedTokensPerEpoch": trained_tokens,
+            "trainedTokensPerEpoch": setup.trained_tokens,
             # Read from the model, not the config: proof that checkpointing really ran (the estimate assumes it).
             "activationCheckpointing": activation_checkpointing_on(trainer.model),
             "runtimeSeconds": round(time.time() - started, 3),
-            "trainRuntimeSeconds": result.metrics.get("train_runtime"),
-            "warnings": warnings,
+            "trainRuntimeSeconds": outcome.train_runtime,
+            "warnings": outcome.warnings,
         },
-        "checks": checks,
-        "peakGpuMemory": peak_gpu_memory(),
-        "libraries": library_versions(),
-        "files": files,
-        "adapterSizeBytes": sum(p.stat().st_size for p in Path(adapter_dir).rglob("*") if p.is_file()),
-    }
+        checks=outcome.checks,
+        files=files,
+        adapter_dir=adapter_dir,
+    )
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
     if not prep.store.put_bytes(MANIFEST, body, if_none_match=True):
         log.warning("a manifest appeared at %s meanwhile; leaving it as it is", prep.store.uri(MANIFEST))
@@ -365,52 +417,12 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         "adapter complete",
         adapterUri=prep.store.uri("adapter/"),
         adapter=adapter_report(prep.store, manifest),
-        baselineEvalLoss=baseline,
-        finalEvalLoss=final,
-        lossMasking=loss,
-        warnings=warnings[:5],
+        baselineEvalLoss=outcome.baseline,
+        finalEvalLoss=outcome.final,
+        lossMasking=plan.loss,
+        warnings=outcome.warnings[:5],
     )
     _end(trainer)
-    return 0
-
-
-def activation_checkpointing_on(model: Any) -> bool:
-    """Whether the (PEFT-wrapped) model runs with activation checkpointing."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    # transformers 5 renamed the property (the old name warns).
-    on = getattr(inner, "is_activation_checkpointing", None)
-    return bool(on if on is not None else getattr(inner, "is_gradient_checkpointing", False))
-
-
-def adapter_report(store: Any, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The adapter as the operator records it in status (docs/contract.md §3): no S3 read needed there."""
-    files = manifest.get("files") or {}
-    return {
-        "uri": store.uri("adapter/"),
-        "manifestUri": store.uri(MANIFEST),
-        "sha256": files.get("adapter_model.safetensors"),
-        "sizeBytes": manifest.get("adapterSizeBytes"),
-    }
-
-
-_HYPERPARAMETERS = (
-    "learning_rate",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "max_length",
-    "packing",
-    "activation_checkpointing",
-    "optim",
-    "weight_decay",
-    "max_grad_norm",
-    "seed",
-    "bf16",
-    "fp16",
-)
 
 
 def overfitting_warning(baseline: float | None, final: float | None, train_losses: list[float]) -> str | None:

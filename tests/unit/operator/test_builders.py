@@ -105,7 +105,7 @@ def test_trainer_config_carries_resolved_values_and_the_run_identity(body: dict[
     assert cm["immutable"] is True
     assert cfg["per_device_train_batch_size"] == 2 and cfg["gradient_accumulation_steps"] == 8
     assert cfg["lora_alpha"] == 32 and cfg["lora_target_modules"] == ["q_proj", "v_proj"]
-    assert cfg["compute_dtype"] == "bf16" and cfg["load_in_4bit"] is True and cfg["use_bnb_nested_quant"] is True
+    assert cfg["dtype"] == "bfloat16" and cfg["load_in_4bit"] is True and cfg["use_bnb_nested_quant"] is True
     assert cfg["job_uid"] == body["metadata"]["uid"]
     assert cfg["s3_endpoint"] == "http://s3.local:8333"
     assert cfg["progress_configmap"] == "llama-chat-progress"
@@ -127,7 +127,7 @@ def test_trainer_config_splits_expert_parameters_and_passes_auto_dtype(body: dic
     cfg = yaml.safe_load(builders.trainer_configmap(body, spec, CONFIG, resolved)["data"]["train.yaml"])
     assert cfg["lora_target_modules"] == ["q_proj"]
     assert cfg["lora_target_parameters"] == ["experts.gate_up_proj", "experts.down_proj"]
-    assert cfg["compute_dtype"] == "auto"
+    assert cfg["dtype"] == "auto"
     dense = yaml.safe_load(builders.trainer_configmap(body, spec, CONFIG, RESOLVED)["data"]["train.yaml"])
     assert "lora_target_parameters" not in dense
 

@@ -18,42 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[3]
-CHART = REPO / "charts" / "finetune-operator"
-HELM_VERSION = "3.22.0"
+from localcluster import helm as helm_tool
+
+CHART = helm_tool.CHART
+KUBE_VERSION = helm_tool.KUBE_VERSION
 RELEASE, NAMESPACE = "fto", "platform"
-# Render for the Kubernetes the local cluster runs. Explicit, because a helm built by plain
-# `go install` lacks the ldflags that set its default (v1.20.0, below the chart's kubeVersion).
-KUBE_VERSION = "1.36.3"
-
-
-def locate_helm() -> Path:
-    """``$FTO_HELM``, else the cached pinned build, else build it with ``charts/build-helm.sh``."""
-    explicit = os.environ.get("FTO_HELM")
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            pytest.fail(f"FTO_HELM={explicit} is not an executable file", pytrace=False)
-        return Path(explicit)
-    cache = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
-    cached = cache / "tools" / f"helm-v{HELM_VERSION}" / "helm"
-    if os.access(cached, os.X_OK):
-        return cached
-    try:
-        proc = subprocess.run(["bash", str(REPO / "charts" / "build-helm.sh")], env={**os.environ, "HELM_VERSION": HELM_VERSION},
-                              text=True, capture_output=True, timeout=1800)
-    except subprocess.TimeoutExpired:
-        pytest.fail("charts/build-helm.sh did not finish within 30 minutes", pytrace=False)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        pytest.fail(f"helm is not installed and charts/build-helm.sh failed ({proc.returncode}): {proc.stderr[-3000:]}", pytrace=False)
-    built = Path(proc.stdout.strip().splitlines()[-1])
-    if not os.access(built, os.X_OK):
-        pytest.fail(f"charts/build-helm.sh printed {built}, which is not an executable", pytrace=False)
-    return built
-
-
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    return locate_helm()
 
 
 def run_helm(helm: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -101,49 +70,7 @@ def load_config(tmp_path: Path, configmap: dict[str, Any]) -> Any:
 
 # Every key of values.schema.json with a value different from its default
 # (test_full_values_set_every_schema_key keeps it complete).
-FULL: dict[str, Any] = {
-    "image": {"repository": "registry.example/fto/operator", "tag": "9.9.9", "pullPolicy": "Always"},
-    "imagePullSecrets": [{"name": "regcred"}],
-    "replicaCount": 3,
-    "crds": {"enabled": True, "keep": False},
-    "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}, "limits": {"memory": "600Mi"}},
-    "serviceAccount": {"create": True, "name": "fto-sa", "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/fto"}},
-    "metrics": {"port": 9191, "service": {"enabled": True},
-                "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}},
-    "health": {"port": 8181},
-    "rbac": {"aggregateToDefaultRoles": True},
-    "networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
-    "config": {
-        "trainerImage": "registry.example/fto/trainer:9.9.9",
-        "allowedTrainerImages": ["registry.example/fto/trainer:9.9.8"],
-        "imagePullSecrets": ["trainer-regcred"],
-        "runtimeClassName": "nvidia",
-        "gpuCatalog": [{"product": "NVIDIA-Future-96GB", "memoryMiB": 98304, "computeMajor": 10, "computeMinor": 0}],
-        "nodePools": [{"name": "spot-l4", "gpuProduct": "NVIDIA-L4", "gpusPerNode": 4},
-                      {"name": "future", "gpuProduct": "NVIDIA-Future-96GB", "gpusPerNode": 8, "gpuMemoryMib": 98304,
-                       "computeCapability": "10.0", "nodeLabels": {"nvidia.com/gpu.product": "NVIDIA-Future-96GB"}}],
-        "gpuPrices": {"NVIDIA-L4": "0.80", "NVIDIA-H100-80GB-HBM3": "4.50"},
-        "s3": {"endpoint": "https://s3.example:9000", "region": "eu-west-1", "pathStyle": False,
-               "caBundleConfigMap": "s3-ca", "caBundleKey": "bundle.pem", "allowedEndpoints": ["https://other.example"]},
-        "allowTrustRemoteCode": True,
-        "vramHeadroom": "0.05",
-        "namespaces": ["team-a", "team-b"],
-        "maxConcurrentJobs": 1000000,
-        "terminationGracePeriodSeconds": 300,
-        "workloadIdentityAnnotations": {"iam.gke.io/gcp-service-account": "fto@p.iam.gserviceaccount.com"},
-        "modelCachePvc": "models",
-        "gpuTolerations": [{"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoExecute"}],
-        "shmSize": "16Gi",
-        "inspectionCpu": "500m",
-        "inspectionMemory": "2Gi",
-        "leaseName": "fto-leader",
-        "leaseDurationSeconds": 30,
-        "resyncSeconds": 2.5, "apiQps": 15, "apiBurst": 25, "progressIntervalSeconds": 5,
-        "statusWritesPerSecond": 4, "workers": 2, "nodeBatchSeconds": 0.5, "relistSeconds": 120,
-        "network": {"hfEndpoint": "https://hf-mirror.example", "allowedLinkLocalHosts": ["169.254.10.0/24"]},
-        "s3Retries": {"mode": "adaptive", "maxAttempts": 4, "connectTimeoutSeconds": 3, "readTimeoutSeconds": 30.5},
-    },
-}
+FULL: dict[str, Any] = helm_tool.full_values()
 
 
 def _schema() -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from finetune_operator import builders, cache, reconcile
+from finetune_operator import conditions as cond
 from finetune_operator.config import OperatorConfig
 from localcluster.fleet import node_objects
 
@@ -62,6 +63,12 @@ def with_job(body: dict[str, Any], pods: list[cache.PodFacts], job_conditions: l
     return reconcile.Observed(body=body, job=job, pods=pods, nodes=FLEET, progress=progress or {})
 
 
+def condition(plan: reconcile.Plan, type_: str) -> dict[str, Any]:
+    """The status condition of `type_` (a list-map keyed by type: never by position)."""
+    (found,) = [c for c in plan.status_data()["conditions"] if c["type"] == type_]
+    return dict(found)
+
+
 def kinds(plan: reconcile.Plan) -> list[str]:
     return [o["kind"] for o in plan.ensure]
 
@@ -72,7 +79,7 @@ def test_new_job_starts_inspection_without_gpus(body: dict[str, Any]) -> None:
     assert kinds(plan) == ["ConfigMap", "Pod"]
     assert "nvidia.com/gpu" not in json.dumps(plan.ensure[1]["spec"]["containers"][0]["resources"])
     assert plan.status_data()["observedGeneration"] == 1
-    assert ("Normal", "Inspecting", plan.status_data()["conditions"][-1]["message"]) in plan.events
+    assert ("Normal", "Inspecting", condition(plan, cond.INSPECTED)["message"]) in plan.events
 
 
 def test_invalid_spec_fails_with_field_path(body: dict[str, Any]) -> None:
@@ -187,7 +194,7 @@ def test_wait_for_capacity_queues_instead_of_failing(body: dict[str, Any]) -> No
         "Succeeded", exit_code=0, message={"class": "Succeeded"}), nodes=FLEET)
     plan = reconcile.plan(obs, CONFIG)
     assert plan.status_data()["state"] == "Queued"
-    assert plan.status_data()["conditions"][-1]["reason"] == "WaitingForCapacity"
+    assert condition(plan, cond.SCHEDULED)["reason"] == "WaitingForCapacity"
 
 
 def test_running_pod_reports_progress(body: dict[str, Any]) -> None:
@@ -273,7 +280,7 @@ def test_unschedulable_pod_is_queued_with_the_scheduler_message(body: dict[str, 
                                           "message": "0/5 nodes are available: 1 Insufficient nvidia.com/gpu."}])
     plan = reconcile.plan(with_job(body, [pending]), CONFIG)
     assert plan.status_data()["state"] == "Queued"
-    assert "Insufficient nvidia.com/gpu" in plan.status_data()["conditions"][-1]["message"]
+    assert "Insufficient nvidia.com/gpu" in condition(plan, cond.SCHEDULED)["message"]
 
 
 def test_finished_jobs_are_left_alone(body: dict[str, Any]) -> None:
@@ -357,4 +364,4 @@ def test_finished_pod_before_job_completion_stays_running(body: dict[str, Any]) 
     """Between the trainer's exit 0 and the Job's Complete condition the job is not 'Queued' again."""
     plan = reconcile.plan(with_job(body, [pod("Succeeded", exit_code=0, message={"class": "Succeeded"})]), CONFIG)
     assert plan.status_data()["state"] == "Running"
-    assert plan.status_data()["conditions"][-1]["reason"] == "Completing"
+    assert condition(plan, cond.RUNNING)["reason"] == "Completing"
