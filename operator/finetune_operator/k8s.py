@@ -242,9 +242,16 @@ def patch_object(kind: str, namespace: str | None, name: str, patch: dict[str, A
     return request("PATCH", KINDS[kind].path(namespace, name), patch, content_type="application/merge-patch+json")
 
 
-def delete_object(kind: str, namespace: str | None, name: str, uid: str | None = None) -> None:
-    """Delete with background propagation; a precondition on uid avoids deleting a successor."""
+def delete_object(
+    kind: str, namespace: str | None, name: str, uid: str | None = None, grace_seconds: int | None = None
+) -> None:
+    """Delete with background propagation; a precondition on uid avoids deleting a successor.
+
+    `grace_seconds=0` is a force delete: the object goes at once, without waiting for a kubelet.
+    """
     body: dict[str, Any] = {"propagationPolicy": "Background"}
+    if grace_seconds is not None:
+        body["gracePeriodSeconds"] = grace_seconds
     if uid:
         body["preconditions"] = {"uid": uid}
     try:

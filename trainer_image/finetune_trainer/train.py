@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .fencing import Fence, claim
 from .checkpoints import InterruptFlag, latest_checkpoint, load_test_hooks, make_checkpoint_callback
 from .config import Config, parse_config, resolve_compute_dtype
 from .data import DataReport
@@ -126,6 +127,9 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
                               finalEvalLoss=results.get("finalEvalLoss"))
         return 0
 
+    # Claimed before anything is written: a trainer replaced while it still runs is fenced off.
+    fence = Fence(store, claim(store)) if is_main else None
+
     progress = ProgressReporter(
         job.progress_configmap if is_main else "",
         job.job_namespace,
@@ -211,6 +215,7 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
             progress=progress,
             is_main=is_main,
             world_size=world,
+            fence=fence,
         ),
         make_progress_callback(progress, is_main),
     ]
@@ -257,7 +262,8 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         else:
             progress.update(phase="baseline")
             baseline = _evaluate(trainer, shape)
-            if is_main:
+            if fence is not None:
+                fence.check("the baseline evaluation")
                 prep.store.put_bytes(BASELINE, json.dumps({"evalLoss": baseline}).encode())
         progress.update(phase="training", baselineEvalLoss=decimal_str(baseline), force=True)
 
@@ -296,6 +302,8 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
     # A pickle of TrainingArguments: not needed to use the adapter, and not safe to load.
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(adapter_dir, "training_args.bin"))
+    assert fence is not None  # the main process claimed an attempt
+    fence.check("the adapter")
     files = prep.store.upload_dir("adapter", adapter_dir)
 
     lora = trainer.model.peft_config["default"]
@@ -342,6 +350,7 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
             "lastTrainLoss": train_losses[-1] if train_losses else None,
             "globalStep": trainer.state.global_step,
             "resumedFromStep": resume.step if resume else None,
+            "attempt": fence.attempt.number,  # fencing.py: which attempt of the run wrote this adapter
             "tokens": int(num_tokens) if num_tokens is not None else None,
             "trainedTokensPerEpoch": trained_tokens,
             # Read from the model, not the config: proof that checkpointing really ran (the estimate assumes it).
@@ -357,6 +366,7 @@ def _train(cfg: Config, argv: list[str], flag: InterruptFlag) -> int:
         "adapterSizeBytes": sum(p.stat().st_size for p in Path(adapter_dir).rglob("*") if p.is_file()),
     }
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    fence.check("the adapter manifest")
     if not prep.store.put_bytes(MANIFEST, body, if_none_match=True):
         log.warning("a manifest appeared at %s meanwhile; leaving it as it is", prep.store.uri(MANIFEST))
     progress.update(phase="done", step=trainer.state.global_step, force=True)

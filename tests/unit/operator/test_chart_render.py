@@ -130,6 +130,8 @@ FULL: dict[str, Any] = {
         "namespaces": ["team-a", "team-b"],
         "maxConcurrentJobs": 1000000,
         "terminationGracePeriodSeconds": 300,
+        "nodeLostTolerationSeconds": 45,
+        "nodeLostForceDeleteSeconds": 75,
         "workloadIdentityAnnotations": {"iam.gke.io/gcp-service-account": "fto@p.iam.gserviceaccount.com"},
         "modelCachePvc": "models",
         "gpuTolerations": [{"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoExecute"}],
@@ -253,6 +255,7 @@ def test_every_value_reaches_the_rendered_objects(helm: Path, tmp_path: Path) ->
     assert cfg.namespaces == [*c["namespaces"], NAMESPACE]  # the Lease's namespace must be watched too
     assert cfg.max_concurrent_jobs == 1000000  # not 1e+06: numbers from values files are floats in Go templates
     assert cfg.termination_grace_period_seconds == 300
+    assert (cfg.node_lost_toleration_seconds, cfg.node_lost_force_delete_seconds) == (45, 75)
     assert cfg.workload_identity_annotations == c["workloadIdentityAnnotations"]
     assert cfg.model_cache_pvc == "models"
     assert cfg.gpu_tolerations == c["gpuTolerations"]
