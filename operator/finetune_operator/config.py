@@ -69,7 +69,7 @@ class OperatorConfig(BaseModel):
     node_lost_toleration_seconds: int = Field(default=60, ge=0, le=3600)
     # ... but eviction alone never completes without a kubelet, and the Job waits for the old pod
     # (podReplacementPolicy: Failed). Once the node has not been Ready this long, the operator
-    # force-deletes the stuck pod so the Job starts a replacement. 0 turns the policy off.
+    # force-deletes the evicted, stuck pod so the Job starts a replacement. 0 turns the policy off.
     node_lost_force_delete_seconds: int = Field(default=120, ge=0, le=86400)
     workload_identity_annotations: dict[str, str] = Field(default_factory=dict)
     model_cache_pvc: str = ""

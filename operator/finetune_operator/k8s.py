@@ -261,6 +261,22 @@ def delete_object(
             raise
 
 
+def fail_pod(namespace: str, name: str, uid: str, reason: str, message: str) -> None:
+    """Mark a pod no kubelet will ever finish as Failed with a DisruptionTarget condition, as the pod
+    garbage collector does before it force-deletes a pod on an out-of-service node: the Job counts
+    a disruption (podFailurePolicy Ignore) and releases the pod's tracking finalizer."""
+    patch = {"metadata": {"uid": uid},  # a precondition: never a successor with the same name
+             "status": {"phase": "Failed", "conditions": [
+                 {"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message[:1024],
+                  "lastTransitionTime": now_rfc3339()}]}}
+    try:
+        request("PATCH", KINDS["Pod"].path(namespace, name) + "/status", patch,
+                content_type="application/strategic-merge-patch+json")
+    except ApiError as exc:
+        if exc.status not in (404, 409, 422):
+            raise
+
+
 def emit_event(ftj: dict[str, Any], type_: str, reason: str, message: str, component: str) -> None:
     """Record a core/v1 Event on the FineTuneJob; failures are logged, never fatal."""
     meta = ftj["metadata"]

@@ -539,11 +539,14 @@ def lost_node_since(node: dict[str, Any] | None) -> datetime | None:
 def _release_lost_pods(
     pods: list[PodFacts], nodes: list[dict[str, Any]], config: OperatorConfig, st: _Status, result: Plan
 ) -> set[str]:
-    """Force-delete training pods stuck on a node that has not been Ready for the configured time.
+    """Force-delete training pods stuck terminating on a node that has not been Ready for the configured time.
 
-    Without a kubelet a pod never finishes terminating, and the Job (podReplacementPolicy: Failed)
-    waits for it forever. The replacement resumes from the last complete checkpoint; the old
-    trainer, should it still run, is fenced off from the run's S3 prefix by its attempt identity.
+    The taint manager decides when a pod must leave a lost node (its not-ready/unreachable
+    tolerations, the job's own included) and marks it DisruptionTarget, which the Job's
+    podFailurePolicy ignores; but without a kubelet the pod never finishes terminating, and the
+    Job (podReplacementPolicy: Failed) waits for it forever. The replacement resumes from the last
+    complete checkpoint; the old trainer, should it still run, is fenced off from the run's S3
+    prefix by its attempt identity.
     """
     limit = config.node_lost_force_delete_seconds
     released: set[str] = set()
@@ -551,8 +554,8 @@ def _release_lost_pods(
         return released
     now = st.now or datetime.now(timezone.utc)
     for pod in pods:
-        if pod.phase in ("Succeeded", "Failed") or not pod.node:
-            continue
+        if pod.phase in ("Succeeded", "Failed") or not pod.node or not pod.deleting:
+            continue  # a pod still tolerating the lost node is left to its tolerations
         since = lost_node_since(_node(nodes, pod.node))
         if since is None:
             continue

@@ -52,12 +52,16 @@ def observed(body: dict[str, Any], pods: list[cache.PodFacts], nodes: list[dict[
                               progress={"step": 8, "totalSteps": 20, "lastCheckpoint": {"step": 8, "uri": "s3://x/"}})
 
 
-def test_a_pod_on_a_node_not_ready_for_the_limit_is_force_deleted_as_a_disruption(body: dict[str, Any]) -> None:
-    pods = [pod("train-a", "gpu-0")]
+EVICTED = [{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
+            "message": "Taint manager: deleting due to NoExecute taint", "lastTransitionTime": "2026-01-01T00:10:30Z"}]
+
+
+def test_a_pod_stuck_terminating_on_a_lost_node_is_force_deleted_as_a_disruption(body: dict[str, Any]) -> None:
+    pods = [pod("train-a", "gpu-0", deleting=True, conditions=EVICTED)]
     nodes = [node("gpu-0", "Unknown"), node("gpu-1", "True")]
     early = reconcile.plan(observed(body, pods, nodes), CONFIG, now=LOST_AT + timedelta(seconds=89))
     assert early.force_delete_pods == []
-    assert "lastDisruption" not in early.status_data()
+    assert early.status_data()["lastDisruption"]["reason"] == "DeletionByTaintManager"  # evicted, still stuck
 
     plan = reconcile.plan(observed(body, pods, nodes), CONFIG, now=LOST_AT + timedelta(seconds=95))
     assert plan.force_delete_pods == [("train-a", "uid-train-a")]
@@ -76,12 +80,15 @@ def test_a_pod_on_a_node_not_ready_for_the_limit_is_force_deleted_as_a_disruptio
 def test_the_release_is_repeated_until_the_pod_is_gone_but_told_and_counted_once(body: dict[str, Any]) -> None:
     nodes = [node("gpu-0", "False")]
     now = LOST_AT + timedelta(minutes=5)
-    first = reconcile.plan(observed(body, [pod("train-a", "gpu-0")], nodes), CONFIG, now=now)
+    evicted = pod("train-a", "gpu-0", deleting=True, conditions=EVICTED)
+    # The taint manager's eviction is seen first (one disruption), then the release: still one.
+    tolerated = reconcile.plan(observed(body, [evicted], nodes), CONFIG, now=LOST_AT + timedelta(seconds=30))
+    assert tolerated.force_delete_pods == []
+    assert tolerated.status_data()["lastDisruption"]["reason"] == "DeletionByTaintManager"
+    body["status"] = tolerated.status_data()
+    first = reconcile.plan(observed(body, [evicted], nodes), CONFIG, now=now)
+    assert first.status_data()["lastDisruption"]["reason"] == "NodeLost"
     body["status"] = first.status_data()
-    # The taint manager's eviction of the same pod arrives afterwards: still one disruption, still ours.
-    evicted = pod("train-a", "gpu-0", deleting=True, conditions=[
-        {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByTaintManager",
-         "message": "Taint manager: deleting due to NoExecute taint", "lastTransitionTime": "2026-01-01T00:11:00Z"}])
     again = reconcile.plan(observed(body, [evicted], nodes), CONFIG, now=now + timedelta(seconds=10))
     assert again.force_delete_pods == [("train-a", "uid-train-a")]
     assert again.events == []  # said once, in the first pass
@@ -96,29 +103,34 @@ def test_the_release_is_repeated_until_the_pod_is_gone_but_told_and_counted_once
     assert (status["state"], status["attempts"], status["disruptions"]) == ("Running", 2, 1)
 
 
-@pytest.mark.parametrize("case", ["ready", "policy-off", "finished-pod", "unknown-node"])
+@pytest.mark.parametrize("case", ["ready", "policy-off", "finished-pod", "unknown-node", "still-tolerated"])
 def test_nothing_is_deleted_without_a_lost_node_and_the_policy(body: dict[str, Any], case: str) -> None:
     config = CONFIG.model_copy(update={"node_lost_force_delete_seconds": 0}) if case == "policy-off" else CONFIG
     nodes = [node("gpu-0", "True" if case == "ready" else "Unknown")]
+    # still-tolerated: not evicted yet (e.g. the job tolerates unreachable for longer): its choice stands
     target = pod("train-a", "gpu-9" if case == "unknown-node" else "gpu-0",
-                 phase="Succeeded" if case == "finished-pod" else "Running")
+                 phase="Succeeded" if case == "finished-pod" else "Running", deleting=case != "still-tolerated",
+                 conditions=EVICTED)
     plan = reconcile.plan(observed(body, [target], nodes), config, now=LOST_AT + timedelta(hours=1))
     assert plan.force_delete_pods == []
 
 
-def test_the_controller_force_deletes_with_grace_zero(body: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_controller_marks_the_pod_failed_then_force_deletes_it(body: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     deletes: list[tuple[Any, ...]] = []
     monkeypatch.setattr(k8s, "delete_object", lambda *a, **kw: deletes.append((*a, kw)))
+    monkeypatch.setattr(k8s, "fail_pod", lambda *a: deletes.append(("fail", *a[:3])))
     monkeypatch.setattr(k8s, "patch_ftj_status", lambda ns, name, status, rv: {**copy.deepcopy(body), "status": status})
     monkeypatch.setattr(k8s, "emit_event", lambda *a: None)
     ctl = controller_mod.Controller(CONFIG)
     ctl.synced.set()
-    plan = reconcile.plan(observed(body, [pod("train-a", "gpu-0")], [node("gpu-0", "Unknown")]), CONFIG,
+    plan = reconcile.plan(observed(body, [pod("train-a", "gpu-0", deleting=True)], [node("gpu-0", "Unknown")]), CONFIG,
                           now=LOST_AT + timedelta(minutes=5))
     monkeypatch.setattr(reconcile, "plan", lambda obs, config: plan)
     ctl.cache.put_ftj(body)
     ctl.process(("team-a", "llama-chat"))
-    assert deletes == [("Pod", "team-a", "train-a", "uid-train-a", {"grace_seconds": 0})]
+    # Failed first (the Job waits for a terminal phase), then gone without waiting for a kubelet.
+    assert deletes == [("fail", "team-a", "train-a", "uid-train-a"),
+                       ("Pod", "team-a", "train-a", "uid-train-a", {"grace_seconds": 0})]
 
 
 def test_training_pods_tolerate_a_lost_node_for_the_configured_time(body: dict[str, Any]) -> None:
