@@ -74,6 +74,7 @@ class JobFacts:
     active: int
     finished: bool
     conditions: tuple[ConditionFacts, ...] = ()
+    failed: int = 0  # pods the Job counted as failed (podFailurePolicy's ignored ones are not)
 
     def condition(self, type_: str) -> ConditionFacts | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -183,7 +184,7 @@ def job_facts(obj: Mapping[str, Any]) -> JobFacts:
     return JobFacts(
         namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""), uid=str(meta.get("uid") or ""),
         owner_uid=owner_uid(obj), suspend=bool((obj.get("spec") or {}).get("suspend")),
-        active=int(status.get("active") or 0),
+        active=int(status.get("active") or 0), failed=int(status.get("failed") or 0),
         finished=bool(status.get("completionTime")) or any(
             c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in status.get("conditions") or []),
         conditions=_conditions(status.get("conditions")),

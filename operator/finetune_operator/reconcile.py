@@ -356,6 +356,11 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
     pods = sorted(obs.pods, key=lambda p: (p.created, p.name))
     _count_attempts(pods, st)
     _record_disruptions(pods, st)
+    # Level-triggered too: every attempt before the current one ended as a failure the Job counted
+    # or as a disruption it ignored, even one whose pod came and went between two reconciles.
+    ended = int(st.data.get("attempts") or 0) - 1 - job.failed
+    if ended > int(st.data.get("disruptions") or 0):
+        st.data["disruptions"] = ended
     released = _release_lost_pods(pods, obs.nodes, config, st, result)
     if job.is_true("Complete") or job.is_true("SuccessCriteriaMet"):
         _succeeded(pods, st)

@@ -45,9 +45,10 @@ def pod(name: str, node_name: str, *, phase: str = "Running", created: str = "20
                                        "containerStatuses": [{"name": "trainer", "state": {"running": {}}}]}})
 
 
-def observed(body: dict[str, Any], pods: list[cache.PodFacts], nodes: list[dict[str, Any]]) -> reconcile.Observed:
+def observed(body: dict[str, Any], pods: list[cache.PodFacts], nodes: list[dict[str, Any]],
+             failed: int = 0) -> reconcile.Observed:
     job = cache.job_facts({"metadata": {"name": "llama-chat-train", "uid": "j1"}, "spec": {"suspend": False},
-                           "status": {"active": 1}})
+                           "status": {"active": 1, "failed": failed}})
     return reconcile.Observed(body=body, job=job, pods=pods, nodes=nodes,
                               progress={"step": 8, "totalSteps": 20, "lastCheckpoint": {"step": 8, "uri": "s3://x/"}})
 
@@ -150,3 +151,16 @@ def test_training_pods_tolerate_a_lost_node_for_the_configured_time(body: dict[s
     pod_spec = builders.training_job({**body}, spec, config, None)["spec"]["template"]["spec"]
     assert [t.get("tolerationSeconds") for t in pod_spec["tolerations"]
             if t["key"] == "node.kubernetes.io/unreachable"] == [600]
+
+
+def test_a_disruption_whose_pod_came_and_went_unseen_is_still_counted(body: dict[str, Any]) -> None:
+    """A deleted pod can vanish between two reconciles; the Job's failed count tells the rest."""
+    nodes = [node("gpu-1", "True")]
+    first = reconcile.plan(observed(body, [pod("train-a", "gpu-1")], nodes), CONFIG)
+    body["status"] = first.status_data()
+    # train-b ran and was deleted unseen; train-c runs. The Job counted one failure (train-a's).
+    later = reconcile.plan(observed(body, [pod("train-b", "gpu-1", created="2026-01-01T00:05:00Z"),
+                                           pod("train-c", "gpu-1", created="2026-01-01T00:06:00Z")], nodes,
+                                    failed=1), CONFIG)
+    status = later.status_data()
+    assert (status["attempts"], status["disruptions"]) == (3, 1)
