@@ -66,7 +66,7 @@ def test_a_lost_node_is_a_disruption_and_the_job_resumes_elsewhere(
     prefix = f"adapters/{name}-{uid}/"
     manifest_json = json.loads(s3_client.get_object(Bucket=BUCKET, Key=prefix + "adapter/manifest.json")["Body"].read())
     results = manifest_json["results"]
-    assert results["attempt"] == 2 and results["resumedFromStep"] >= 4 and results["globalStep"] == 40
+    assert results["attempt"] == 2 and results["resumedFromStep"] >= 4 and results["globalStep"] == 12
     assert len([k for k in s3_keys(s3_client, prefix + "attempts/") if k.endswith(".json")]) == 2
     # Every complete checkpoint's files are exactly one attempt's: those its marker lists, in its directory.
     for key in s3_keys(s3_client, prefix + "checkpoints/"):
