@@ -9,18 +9,13 @@ it. The old trainer keeps running on the lost node, a zombie, until the fence st
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import signal
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 from finetune_operator import naming
 from localcluster.cluster import ClusterInfo
-from localcluster.controlplane import restart_component
 from localcluster.nodes import lose_node, revive_node
 from localcluster.waiting import until
 from operator_env import (  # noqa: F401 - fixtures
@@ -157,60 +152,3 @@ def test_a_trainer_pod_deleted_five_times_ends_like_an_uninterrupted_run(
 # two runs agree to float rounding; 1e-4 of the largest weight allows reordered sums, nothing more.
 ADAPTER_TOLERANCE = 1e-4
 
-
-def test_an_apiserver_restart_resumes_the_watches_without_restarting_the_operator(
-        jobs: Jobs, start_operator: Any, local_cluster: ClusterInfo) -> None:
-    # Lease 15 s: the liveness probe calls the watches stale after 60 s without a Lease event.
-    op = start_operator(trainer_image="ghcr.io/finetune-operator/trainer:test-slow", lease_duration_seconds=15)
-    running = unique("across-restart")
-    jobs.create(manifest(running, training={"maxSteps": 16, "microBatchSize": 2, "gradientAccumulation": 1,
-                                            "learningRate": "1e-3", "checkpoint": {"everySteps": 4, "keep": 2}}))
-    jobs.wait_state(running, "Running", timeout=300)
-    pid = op.process.pid
-    answers: list[int] = []
-    done = threading.Event()
-
-    def poll_health() -> None:
-        while not done.wait(0.5):
-            answers.append(op.health()[0])
-
-    poller = threading.Thread(target=poll_health, daemon=True)
-    poller.start()
-    try:
-        away = restart_component(local_cluster.state_dir, "kube-apiserver")
-        back = time.monotonic()
-        print(f"kube-apiserver restarted: {away:.1f}s until ready again")
-        # Resumed: a Lease event seen after the restart. kopf caches probe results up to 10 s, so
-        # the event is after the restart when its age is younger than the restart, less those 10 s.
-        until(lambda: (lambda s, p: s == 200 and p.get("watchAgeSeconds", 1e9) < time.monotonic() - back - 10)(
-              *op.health()), 90, "a watch event after the restart")
-        # The FineTuneJob watch: a job created after the restart is handled (a quick refusal) ...
-        refused = unique("after-restart")
-        jobs.create(manifest(refused, baseModel={"uri": "s3://finetune/models/tiny-llama/", "trustRemoteCode": True}))
-        assert jobs.wait_state(refused, "Failed", timeout=120)["status"]["failure"]["reason"] == "InvalidSpec"
-        # ... and the child watches: the running job's status converges to the end.
-        final = jobs.wait_state(running, "Succeeded", timeout=400)["status"]
-    finally:
-        done.set()
-        poller.join()
-    assert final["adapter"]["uri"]
-    assert op.process.poll() is None and op.process.pid == pid, "the operator restarted"
-    assert answers and set(answers) == {200}, f"liveness failed during a restart that the watches survive: {answers}"
-
-
-def test_liveness_fails_only_once_the_watches_really_go_stale(start_operator: Any, local_cluster: ClusterInfo) -> None:
-    """A frozen API server (SIGSTOP: connections stay open, no events flow) is what a dead watch looks
-    like from the operator; the probe fails after 4 Lease periods and recovers when events flow."""
-    op = start_operator(lease_duration_seconds=5)  # stale after 20 s
-    pid = int((local_cluster.state_dir / "pids" / "kube-apiserver.pid").read_text().split()[0])
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        frozen = time.monotonic()
-        assert op.health()[0] == 200  # a quiet moment is not staleness
-        until(lambda: op.health()[0] == 500, 60, "liveness failing on a stale watch")
-        stale_after = time.monotonic() - frozen
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    assert stale_after >= 4 * 5 - 1, f"liveness failed after {stale_after:.0f}s, before the watches were stale"
-    until(lambda: op.health()[0] == 200, 90, "liveness passing again once events flow")
-    assert op.process.poll() is None
