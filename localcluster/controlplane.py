@@ -276,3 +276,17 @@ class ControlPlane:
 def load_endpoints(state_dir: Path) -> Endpoints:
     """Ports of the control plane last started in ``state_dir``."""
     return Endpoints(**json.loads((state_dir / "cluster.json").read_text()))
+
+
+def restart_component(state_dir: Path, name: str = "kube-apiserver", timeout: float = 90.0) -> float:
+    """Stop one running component and start it again with the same flags and data (an upgrade or
+    a crash-restart of the API server keeps etcd); returns the seconds until it was ready again."""
+    bin_dir, _ = locate_binaries()
+    cp = ControlPlane(state_dir, bin_dir)
+    ep = load_endpoints(state_dir)
+    started = time.monotonic()
+    if not cp.procs.stop(name):
+        raise ControlPlaneError(f"{name} did not stop")
+    cp.procs.start(name, cp.argv(name, ep))
+    cp.wait_ready(ep, timeout, (name,))
+    return time.monotonic() - started

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import threading
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client
@@ -24,6 +26,36 @@ LEASE_RENEW_SECONDS = 10.0
 STATUS_SECONDS = 30.0
 KUBELET_VERSION = "v1.36.3"
 NODE_IP = "127.0.0.1"
+LOST_NODES_FILE = "lost-nodes"
+
+
+def lost_nodes(state_dir: Path | None) -> frozenset[str]:
+    """Nodes whose simulated kubelet is stopped (`lose_node`): no lease, no status, no pod updates."""
+    if state_dir is None:
+        return frozenset()
+    try:
+        return frozenset(n for n in (state_dir / LOST_NODES_FILE).read_text().split() if n)
+    except FileNotFoundError:
+        return frozenset()
+
+
+def _write_lost(state_dir: Path, names: frozenset[str]) -> None:
+    tmp = state_dir / (LOST_NODES_FILE + ".tmp")
+    tmp.write_text("".join(f"{n}\n" for n in sorted(names)))
+    os.replace(tmp, state_dir / LOST_NODES_FILE)
+
+
+def lose_node(state_dir: Path, name: str) -> None:
+    """Stop one node's kubelet as a network partition would: its heartbeats and pod status stop,
+    and its containers are frozen (they reach nothing) but not killed: zombies until the node
+    comes back (`revive_node`), when they run again until the returning kubelet stops them."""
+    _write_lost(state_dir, lost_nodes(state_dir) | {name})
+
+
+def revive_node(state_dir: Path, name: str) -> None:
+    """The node is back: it reports Ready again, its containers run on, and pods deleted meanwhile
+    are stopped (SIGTERM, then SIGKILL after their grace period)."""
+    _write_lost(state_dir, lost_nodes(state_dir) - {name})
 
 
 def now_micro() -> str:
@@ -104,8 +136,12 @@ def register(api: client.ApiClient, specs: list[NodeSpec], kubelet_port: int) ->
 class Heartbeater:
     """Renews each node's Lease every 10 s and its status every 30 s, in a thread."""
 
-    def __init__(self, api: client.ApiClient, specs: list[NodeSpec], kubelet_port: int) -> None:
+    def __init__(self, api: client.ApiClient, specs: list[NodeSpec], kubelet_port: int,
+                 state_dir: Path | None = None) -> None:
         self.kubelet_port = kubelet_port
+        self.state_dir = state_dir
+        self._was_lost: frozenset[str] = frozenset()
+        self._transitions: dict[str, str] = {}
         self.core = client.CoreV1Api(api)
         self.coord = client.CoordinationV1Api(api)
         self.specs = specs
@@ -145,12 +181,20 @@ class Heartbeater:
 
     def beat_once(self, with_status: bool) -> None:
         """Renew every lease; post status too when ``with_status``."""
+        lost = lost_nodes(self.state_dir)
+        revived = self._was_lost - lost
+        self._was_lost = lost
+        for name in revived:
+            self._transitions[name] = now_rfc3339()  # Ready again from now on
         for spec in self.specs:
+            if spec.name in lost:
+                continue
             try:
                 uid = None
-                if with_status:
+                if with_status or spec.name in revived:
+                    transition = self._transitions.get(spec.name, self._transition)
                     node = self.core.patch_node_status(
-                        spec.name, {"status": node_status(spec, self._transition, self.kubelet_port)}
+                        spec.name, {"status": node_status(spec, transition, self.kubelet_port)}
                     )
                     uid = node.metadata.uid
                 self._lease(spec, uid)
@@ -171,5 +215,8 @@ class Heartbeater:
             self.beat_once(with_status)
             if with_status:
                 last_status = elapsed
-            self.stop_event.wait(LEASE_RENEW_SECONDS)
+            # A revived node reports within a second, as a restarted kubelet does.
+            for _ in range(int(LEASE_RENEW_SECONDS)):
+                if self.stop_event.wait(1.0) or self._was_lost - lost_nodes(self.state_dir):
+                    break
             elapsed += LEASE_RENEW_SECONDS

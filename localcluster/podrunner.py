@@ -35,7 +35,7 @@ from localcluster.images import ImageTable, LocalImage
 from localcluster import memlimit
 from localcluster import probes as probing
 from localcluster.memlimit import ContainerCgroup, MemoryLimiter, session_rss_bytes
-from localcluster.nodes import NODE_IP
+from localcluster.nodes import NODE_IP, lost_nodes
 from localcluster.podfiles import NotReadyError, PodFiles, expand, mounts
 from localcluster.procs import start_time
 
@@ -138,6 +138,8 @@ class PodWorker(threading.Thread):
 
     def post(self) -> None:
         """Patch the pod's status (strategic merge: conditions by type, containers by name)."""
+        if self.runner.node_lost(self.node.name):
+            return  # a stopped kubelet reports nothing
         all_running = all(c.ready() for c in self.containers)
         terminal = self.phase in ("Succeeded", "Failed")
         self._cond("PodReadyToStartContainers", not terminal)
@@ -564,6 +566,15 @@ class PodWorker(threading.Thread):
                 subprocess.run(["umount", "-l", str(v)], check=False)
 
 
+def _signal_session(sid: int, sig: signal.Signals) -> None:
+    """Send ``sig`` to every process of the container's session."""
+    for entry in memlimit.session_processes(sid):
+        try:
+            os.kill(int(entry.name), sig)
+        except OSError:
+            continue
+
+
 def _kill_session(sid: int) -> None:
     """SIGKILL the container's main process and everything left in its session."""
     for entry in memlimit.session_processes(sid):
@@ -591,6 +602,7 @@ class PodRunner:
         self.confirmed: set[str] = set()
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
+        self.orphans: set[str] = set()  # deleted while their node was lost
         self.pidfile = state_dir / "pods" / "container-pids"
         (state_dir / "pods").mkdir(parents=True, exist_ok=True)
         log.info("memory limits enforced by %s", self.memory.mode)
@@ -617,6 +629,10 @@ class PodRunner:
             if c.name == container
         )
 
+    def node_lost(self, name: str) -> bool:
+        """Is the node's simulated kubelet stopped (localcluster.nodes.lose_node)?"""
+        return name in lost_nodes(self.state_dir)
+
     def confirm_deletion(self, ns: str, name: str, uid: str) -> None:
         """Delete with grace 0, as a kubelet does once the containers are gone."""
         with self.lock:
@@ -633,8 +649,8 @@ class PodRunner:
 
     def _dispatch(self, pod: Obj) -> None:
         node = self.nodes.get((pod.get("spec") or {}).get("nodeName") or "")
-        if node is None:
-            return
+        if node is None or self.node_lost(node.name):
+            return  # a lost node's kubelet sees nothing: its containers run on, unaware
         meta = pod["metadata"]
         uid = meta["uid"]
         with self.lock:
@@ -657,13 +673,48 @@ class PodRunner:
     def _deleted(self, uid: str) -> None:
         with self.lock:
             w = self.workers.get(uid)
+            if w is not None and self.node_lost(w.node.name):
+                self.orphans.add(uid)  # killed when the node comes back, as a returning kubelet does
+                return
         if w is not None:
             w.gone.set()
             w.deleting.set()
             w.grace = 0
 
+    def _freeze(self, worker: PodWorker, sig: signal.Signals) -> None:
+        for c in worker.init_containers + worker.containers:
+            if c.run and c.run.proc and c.run.proc.poll() is None:
+                _signal_session(c.run.proc.pid, sig)
+
+    def _lost_nodes_loop(self) -> None:
+        """Every second: freeze the containers of lost nodes (a partition: they reach nothing, and
+        nothing reaches them), thaw them when the node is back, and then stop the pods deleted
+        meanwhile as a returning kubelet does (SIGTERM, the pod's grace period, SIGKILL)."""
+        frozen: set[str] = set()
+        while not self.stop_event.wait(1.0):
+            with self.lock:
+                workers = dict(self.workers)
+            for uid, w in workers.items():
+                lost = self.node_lost(w.node.name)
+                if lost and uid not in frozen:
+                    self._freeze(w, signal.SIGSTOP)
+                    frozen.add(uid)
+                elif not lost and uid in frozen:
+                    self._freeze(w, signal.SIGCONT)
+                    frozen.discard(uid)
+            frozen &= set(workers)
+            with self.lock:
+                back = [u for u in self.orphans if u in self.workers and u not in frozen]
+                self.orphans -= set(back) | {u for u in self.orphans if u not in self.workers}
+            for uid in back:
+                w = workers[uid]
+                w.grace = float((w.pod.get("spec") or {}).get("terminationGracePeriodSeconds") or 30)
+                w.gone.set()
+                w.deleting.set()
+
     def run(self) -> None:
         """List, then watch, forever (until :meth:`stop`); relist on expiry or error."""
+        threading.Thread(target=self._lost_nodes_loop, name="lost-nodes", daemon=True).start()
         while not self.stop_event.is_set():
             try:
                 resp = self.core.list_pod_for_all_namespaces(_preload_content=False)

@@ -44,7 +44,7 @@ def supervise(state_dir: Path) -> None:
     logs = LogServer(ensure_pki(state_dir / "pki"), state_dir / "pods", runner.container_running)
     logs.start()
     register(api, fleet, logs.port)
-    beat = Heartbeater(api, fleet, logs.port)
+    beat = Heartbeater(api, fleet, logs.port, state_dir)
     beat.start()
     done = threading.Event()
 

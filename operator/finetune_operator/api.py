@@ -613,11 +613,13 @@ class AdapterStatus(_ApiModel):
 
 
 class DisruptionStatus(_ApiModel):
-    """The last preemption or eviction of the training pod."""
+    """The last preemption, eviction, interruption or lost node of the training pod."""
 
     reason: str
     message: str | None = None
     time: Timestamp | None = None
+    pod: str | None = None
+    """The training pod it happened to (each pod's disruption is counted once)."""
 
 
 class FailureStatus(_ApiModel):
@@ -661,6 +663,8 @@ class FineTuneJobStatus(_ApiModel):
     last_checkpoint: CheckpointStatus | None = None
     adapter: AdapterStatus | None = None
     attempts: int | None = None
+    disruptions: int | None = None
+    """Attempts ended by a disruption (preemption, eviction, deletion, lost node): not failures."""
     last_disruption: DisruptionStatus | None = None
     job_name: str | None = None
     start_time: Timestamp | None = None

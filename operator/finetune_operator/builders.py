@@ -29,6 +29,9 @@ EXIT_INTERRUPTED = 13
 EXIT_STORAGE_RETRYABLE = 14
 PERMANENT_EXIT_CODES = (EXIT_DATA_ERROR, EXIT_CONFIG_ERROR, EXIT_CUDA_OOM)
 
+# The trainer keys its checkpoint and adapter writes by this attempt identity (the pod UID).
+ATTEMPT_ENV = "FINETUNE_ATTEMPT_ID"
+
 # Kueue owns `suspend` of Jobs carrying this label.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
@@ -307,6 +310,8 @@ def _pod_spec(
         mounts.append({"name": "model-cache", "mountPath": "/cache/models"})
         volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": config.model_cache_pvc}})
     env = _env(spec) + [
+        # The attempt identity that fences a replaced trainer off from the run's S3 prefix.
+        {"name": ATTEMPT_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
         {"name": "HOME", "value": "/tmp"},
         {"name": "HF_HOME", "value": "/cache/huggingface"},
         {"name": "FINETUNE_CACHE_DIR", "value": "/cache/models"},
@@ -341,6 +346,7 @@ def _pod_spec(
         pod["automountServiceAccountToken"] = True
         tolerations = list(config.gpu_tolerations) if res.gpus else []
         tolerations += [t.model_dump(exclude_none=True) for t in res.tolerations or []]
+        tolerations += node_lost_tolerations(config, tolerations)
         if tolerations:
             pod["tolerations"] = tolerations
         if res.node_selector:
@@ -361,6 +367,21 @@ def _pod_spec(
     if config.runtime_class_name and mode == "train":
         pod["runtimeClassName"] = config.runtime_class_name
     return pod
+
+
+NODE_LOST_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
+def node_lost_tolerations(config: OperatorConfig, existing: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A shorter wait than Kubernetes' default 300 s on a node that stopped reporting.
+
+    Set explicitly, the DefaultTolerationSeconds admission plugin leaves them alone; a job's own
+    toleration for the same taint (spec.resources.tolerations) wins.
+    """
+    own = {t.get("key") for t in existing}
+    return [{"key": key, "operator": "Exists", "effect": "NoExecute",
+             "tolerationSeconds": config.node_lost_toleration_seconds}
+            for key in NODE_LOST_TAINTS if key not in own]
 
 
 def inspection_pod(body: dict[str, Any], spec: FineTuneJobSpec, config: OperatorConfig) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class JobFacts:
     active: int
     finished: bool
     conditions: tuple[ConditionFacts, ...] = ()
+    failed: int = 0  # pods the Job counted as failed (podFailurePolicy's ignored ones are not)
 
     def condition(self, type_: str) -> ConditionFacts | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -95,17 +96,22 @@ class ConfigMapFacts:
 
 @dataclass(frozen=True)
 class NodeFacts:
-    """Only what placement reads: GPU labels, GPU allocatable, cordon and taints."""
+    """Only what placement and the lost-node policy read: GPU labels, GPU allocatable, cordon,
+    taints, and the Ready condition's status and last transition (a heartbeat moves neither)."""
 
     name: str
     labels: tuple[tuple[str, str], ...]
     gpu_allocatable: str | None
     unschedulable: bool
     taints: tuple[tuple[str, str, str], ...]
+    ready: str = ""  # "True", "False", "Unknown" (the node controller's: no heartbeat), "" (not reported)
+    ready_since: str = ""  # lastTransitionTime of the Ready condition
 
     def as_object(self) -> dict[str, Any]:
         """The minimal Node dict `gpus.inventory_from_nodes` reads."""
         status: dict[str, Any] = {"allocatable": {GPU_RESOURCE: self.gpu_allocatable}} if self.gpu_allocatable else {}
+        if self.ready:
+            status["conditions"] = [{"type": "Ready", "status": self.ready, "lastTransitionTime": self.ready_since}]
         return {
             "metadata": {"name": self.name, "labels": dict(self.labels)},
             "spec": {"unschedulable": self.unschedulable,
@@ -178,7 +184,7 @@ def job_facts(obj: Mapping[str, Any]) -> JobFacts:
     return JobFacts(
         namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""), uid=str(meta.get("uid") or ""),
         owner_uid=owner_uid(obj), suspend=bool((obj.get("spec") or {}).get("suspend")),
-        active=int(status.get("active") or 0),
+        active=int(status.get("active") or 0), failed=int(status.get("failed") or 0),
         finished=bool(status.get("completionTime")) or any(
             c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in status.get("conditions") or []),
         conditions=_conditions(status.get("conditions")),
@@ -201,6 +207,7 @@ def configmap_facts(obj: Mapping[str, Any]) -> ConfigMapFacts:
 def node_facts(obj: Mapping[str, Any]) -> NodeFacts:
     meta, spec = _meta(obj), obj.get("spec") or {}
     allocatable = ((obj.get("status") or {}).get("allocatable") or {}).get(GPU_RESOURCE)
+    ready: Mapping[str, Any] = next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), {})
     return NodeFacts(
         name=str(meta.get("name") or ""),
         labels=tuple(sorted((str(k), str(v)) for k, v in (meta.get("labels") or {}).items())),
@@ -208,6 +215,7 @@ def node_facts(obj: Mapping[str, Any]) -> NodeFacts:
         unschedulable=bool(spec.get("unschedulable")),
         taints=tuple(sorted((str(t.get("key") or ""), str(t.get("value") or ""), str(t.get("effect") or ""))
                             for t in spec.get("taints") or [])),
+        ready=str(ready.get("status") or ""), ready_since=str(ready.get("lastTransitionTime") or ""),
     )
 
 

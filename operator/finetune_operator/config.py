@@ -95,6 +95,13 @@ class OperatorConfig(BaseModel):
     max_concurrent_jobs: int = Field(default=0, ge=0)
     # Long enough for the trainer to upload a checkpoint after SIGTERM.
     termination_grace_period_seconds: int = Field(default=120, ge=10, le=3600)
+    # A lost node (its kubelet stopped reporting): training pods tolerate the not-ready/unreachable
+    # taints this long (Kubernetes' default is 300 s) before the taint manager evicts them ...
+    node_lost_toleration_seconds: int = Field(default=60, ge=0, le=3600)
+    # ... but eviction alone never completes without a kubelet, and the Job waits for the old pod
+    # (podReplacementPolicy: Failed). Once the node has not been Ready this long, the operator
+    # force-deletes the evicted, stuck pod so the Job starts a replacement. 0 turns the policy off.
+    node_lost_force_delete_seconds: int = Field(default=120, ge=0, le=86400)
     workload_identity_annotations: dict[str, str] = Field(default_factory=dict)
     model_cache_pvc: str = ""
     gpu_tolerations: list[dict[str, Any]] = Field(

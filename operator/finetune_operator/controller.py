@@ -227,6 +227,10 @@ class Controller:
             self.cache.put_child("Job", patched)
         if plan.delete_job and obs.job is not None:
             k8s.delete_object("Job", namespace, obs.job.name, obs.job.uid)
+        for pod_name, pod_uid in plan.force_delete_pods:
+            # Failed first: with a podFailurePolicy the Job waits for a terminal phase, not for the deletion.
+            k8s.fail_pod(namespace, pod_name, pod_uid, reconcile.NODE_LOST, "the pod's node stopped reporting")
+            k8s.delete_object("Pod", namespace, pod_name, pod_uid, grace_seconds=0)
         if new == old:
             return
         if progress_only(old, new):

@@ -242,15 +242,38 @@ def patch_object(kind: str, namespace: str | None, name: str, patch: dict[str, A
     return request("PATCH", KINDS[kind].path(namespace, name), patch, content_type="application/merge-patch+json")
 
 
-def delete_object(kind: str, namespace: str | None, name: str, uid: str | None = None) -> None:
-    """Delete with background propagation; a precondition on uid avoids deleting a successor."""
+def delete_object(
+    kind: str, namespace: str | None, name: str, uid: str | None = None, grace_seconds: int | None = None
+) -> None:
+    """Delete with background propagation; a precondition on uid avoids deleting a successor.
+
+    `grace_seconds=0` is a force delete: the object goes at once, without waiting for a kubelet.
+    """
     body: dict[str, Any] = {"propagationPolicy": "Background"}
+    if grace_seconds is not None:
+        body["gracePeriodSeconds"] = grace_seconds
     if uid:
         body["preconditions"] = {"uid": uid}
     try:
         request("DELETE", KINDS[kind].path(namespace, name), body)
     except ApiError as exc:
         if exc.status not in (404, 409):
+            raise
+
+
+def fail_pod(namespace: str, name: str, uid: str, reason: str, message: str) -> None:
+    """Mark a pod no kubelet will ever finish as Failed with a DisruptionTarget condition, as the pod
+    garbage collector does before it force-deletes a pod on an out-of-service node: the Job counts
+    a disruption (podFailurePolicy Ignore) and releases the pod's tracking finalizer."""
+    patch = {"metadata": {"uid": uid},  # a precondition: never a successor with the same name
+             "status": {"phase": "Failed", "conditions": [
+                 {"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message[:1024],
+                  "lastTransitionTime": now_rfc3339()}]}}
+    try:
+        request("PATCH", KINDS["Pod"].path(namespace, name) + "/status", patch,
+                content_type="application/strategic-merge-patch+json")
+    except ApiError as exc:
+        if exc.status not in (404, 409, 422):
             raise
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from finetune_operator import api, builders, catalog, gpus, naming, placement, reach
@@ -64,6 +64,7 @@ class Plan:
     ensure: list[dict[str, Any]] = field(default_factory=list)
     job_suspend: bool | None = None
     delete_job: bool = False
+    force_delete_pods: list[tuple[str, str]] = field(default_factory=list)  # (name, uid) stuck on a lost node
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
     def status_data(self) -> dict[str, Any]:
@@ -371,6 +372,12 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
     pods = sorted(obs.pods, key=lambda p: (p.created, p.name))
     _count_attempts(pods, st)
     _record_disruptions(pods, st)
+    # Level-triggered too: every attempt before the current one ended as a failure the Job counted
+    # or as a disruption it ignored, even one whose pod came and went between two reconciles.
+    ended = int(st.data.get("attempts") or 0) - 1 - job.failed
+    if ended > int(st.data.get("disruptions") or 0):
+        st.data["disruptions"] = ended
+    released = _release_lost_pods(pods, obs.nodes, config, st, result)
     if job.is_true("Complete") or job.is_true("SuccessCriteriaMet"):
         _succeeded(pods, st)
         return
@@ -378,7 +385,7 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
     if failed and failed.status == "True":
         _failed(failed, pods, st)
         return
-    active = [p for p in pods if p.phase in ("Pending", "Running", None) and not p.deleting]
+    active = [p for p in pods if p.phase in ("Pending", "Running", None) and not p.deleting and p.name not in released]
     for pod in active:
         reason, message = _waiting_reason(pod)
         if reason in IMAGE_PULL_REASONS:
@@ -503,19 +510,94 @@ def _copy_progress(progress: dict[str, Any], st: _Status) -> None:
 
 
 def _record_disruptions(pods: list[PodFacts], st: _Status) -> None:
-    """Preemptions and evictions are shown but are not failures: the next pod resumes."""
-    for pod in pods:
+    """Preemptions and evictions are shown but are not failures: the next pod resumes.
+
+    Pods are in creation order; those up to the last one recorded were counted already.
+    """
+    names = [p.name for p in pods]
+    last = (st.data.get("lastDisruption") or {}).get("pod")
+    for pod in pods[names.index(last):] if last in names else pods:
         target = _pod_condition(pod, "DisruptionTarget")
         code, _, summary = _termination(pod)
         if target and target.status == "True":
-            st.data["lastDisruption"] = {"reason": target.reason or "Disrupted",
-                                         "message": target.message,
-                                         "time": target.last_transition_time or cond.now_rfc3339(st.now)}
+            _disrupted(st, pod.name, target.reason or "Disrupted", target.message,
+                       target.last_transition_time or cond.now_rfc3339(st.now))
         elif code == builders.EXIT_INTERRUPTED:
-            st.data["lastDisruption"] = {"reason": "Interrupted",
-                                         "message": str(summary.get("message") or "the trainer was stopped (SIGTERM) "
-                                                        "and saved a checkpoint"),
-                                         "time": cond.now_rfc3339(st.now)}
+            _disrupted(st, pod.name, "Interrupted",
+                       str(summary.get("message") or "the trainer was stopped (SIGTERM) and saved a checkpoint"),
+                       cond.now_rfc3339(st.now))
+
+
+def _disrupted(st: _Status, pod: str, reason: str, message: str, time: str) -> None:
+    """Record one disruption of `pod`; a pod is counted once however often its facts are seen."""
+    last = st.data.get("lastDisruption") or {}
+    if last.get("pod") != pod:
+        st.data["disruptions"] = int(st.data.get("disruptions") or 0) + 1
+    elif last.get("reason") == NODE_LOST:
+        return  # the taint manager's eviction of a pod we already released says less than ours
+    st.data["lastDisruption"] = {"reason": reason, "message": message, "time": time, "pod": pod}
+
+
+NODE_LOST = "NodeLost"
+
+
+def _parse_time(stamp: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def lost_node_since(node: dict[str, Any] | None) -> datetime | None:
+    """When a node stopped being Ready, from the cached projection; None while it is Ready."""
+    if node is None:
+        return None
+    ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)
+    if ready is None or ready.get("status") == "True":
+        return None
+    return _parse_time(str(ready.get("lastTransitionTime") or ""))
+
+
+def _release_lost_pods(
+    pods: list[PodFacts], nodes: list[dict[str, Any]], config: OperatorConfig, st: _Status, result: Plan
+) -> set[str]:
+    """Force-delete training pods stuck terminating on a node that has not been Ready for the configured time.
+
+    The taint manager decides when a pod must leave a lost node (its not-ready/unreachable
+    tolerations, the job's own included) and marks it DisruptionTarget, which the Job's
+    podFailurePolicy ignores; but without a kubelet the pod never finishes terminating, and the
+    Job (podReplacementPolicy: Failed) waits for it forever. The replacement resumes from the last
+    complete checkpoint; the old trainer, should it still run, is fenced off from the run's S3
+    prefix by its attempt identity.
+    """
+    limit = config.node_lost_force_delete_seconds
+    released: set[str] = set()
+    if not limit:
+        return released
+    now = st.now or datetime.now(timezone.utc)
+    for pod in pods:
+        if pod.phase in ("Succeeded", "Failed") or not pod.node or not pod.deleting:
+            continue  # a pod still tolerating the lost node is left to its tolerations
+        since = lost_node_since(_node(nodes, pod.node))
+        if since is None:
+            continue
+        lost_for = (now - since).total_seconds()
+        if lost_for < limit:
+            continue
+        checkpoint = st.data.get("lastCheckpoint") or {}
+        resume = (f"from checkpoint step {checkpoint['step']}" if checkpoint.get("step") is not None
+                  else "from the start (no checkpoint was complete)")
+        message = (f"node {pod.node} has not been Ready for {int(lost_for)}s (since {since:%Y-%m-%dT%H:%M:%SZ}); "
+                   f"the training pod {pod.name} was force-deleted so the Job starts a replacement, which resumes "
+                   f"{resume}; the old trainer is fenced off from the job's checkpoints and adapter")
+        result.force_delete_pods.append((pod.name, pod.uid))  # again on every pass until the pod is gone
+        released.add(pod.name)
+        last = st.data.get("lastDisruption") or {}
+        if last.get("pod") == pod.name and last.get("reason") == NODE_LOST:
+            continue
+        _disrupted(st, pod.name, NODE_LOST, message, cond.now_rfc3339(st.now))
+        result.events.append(("Warning", NODE_LOST, message))
+    return released
 
 
 def _succeeded(pods: list[PodFacts], st: _Status) -> None:

@@ -2,7 +2,9 @@
 
 A checkpoint exists only once `checkpoints/checkpoint-<step>/_COMPLETE` does; it is written
 after every other file of that checkpoint is up and verified. The run prefix includes the job
-UID, so resume can only ever see this job's checkpoints.
+UID, so resume can only ever see this job's checkpoints. The files live in a directory of the
+attempt that wrote them (`attempt-<n>/`, named by the marker; see fencing.py), and the marker
+is created only if absent, so two attempts saving the same step never mix their files.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from types import FrameType
 from typing import Any, cast
 
 from .errors import Interrupted
+from .fencing import Fence
 from .progress import ProgressReporter
 from .runstore import RunStore
 
@@ -45,8 +48,22 @@ def complete_checkpoints(store: RunStore) -> list[RemoteCheckpoint]:
 
 
 def latest_checkpoint(store: RunStore) -> RemoteCheckpoint | None:
+    """The newest complete checkpoint, with `rel` the directory holding its files."""
     found = complete_checkpoints(store)
-    return found[-1] if found else None
+    if not found:
+        return None
+    newest = found[-1]
+    return RemoteCheckpoint(newest.step, files_dir(store, newest))
+
+
+def files_dir(store: RunStore, ckpt: RemoteCheckpoint) -> str:
+    """Where a complete checkpoint's files are: the attempt directory its marker names, else the step's own."""
+    try:
+        marker = json.loads(store.read_bytes(f"{ckpt.rel}/{MARKER}") or b"{}")
+    except ValueError:
+        marker = {}
+    sub = marker.get("dir") if isinstance(marker, dict) else None
+    return f"{ckpt.rel}/{sub}" if isinstance(sub, str) and re.fullmatch(r"attempt-\d+", sub) else ckpt.rel
 
 
 def prune(store: RunStore, keep: int) -> list[int]:
@@ -113,6 +130,7 @@ def make_checkpoint_callback(
     progress: ProgressReporter,
     is_main: bool,
     world_size: int,
+    fence: Fence | None = None,
 ) -> Any:
     """A TrainerCallback that triggers checkpoints and mirrors each one to the run store."""
     base = _make_callback_base()
@@ -153,10 +171,23 @@ def make_checkpoint_callback(
             local = os.path.join(args.output_dir, f"checkpoint-{step}")
             rel = f"checkpoints/checkpoint-{step}"
             progress.update(phase="checkpointing", step=step)
-            files = store.upload_dir(rel, local)
+            sub = fence.attempt.dir_name if fence is not None else ""
+            files_rel = f"{rel}/{sub}" if sub else rel
+            if fence is not None:
+                fence.check(f"checkpoint {step}")
+            files = store.upload_dir(files_rel, local)
             marker = {"step": step, "files": files, "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            store.put_bytes(f"{rel}/{MARKER}", json.dumps(marker, sort_keys=True).encode())
+            if fence is not None:
+                marker.update(dir=sub, attempt=fence.attempt.number)
+                fence.check(f"the marker of checkpoint {step}")
+            if not store.put_bytes(f"{rel}/{MARKER}", json.dumps(marker, sort_keys=True).encode(),
+                                   if_none_match=fence is not None):
+                # Another attempt completed this step first: its checkpoint stands, ours is dropped.
+                store.delete_dir(files_rel)
+                log.warning("checkpoint %d was already completed by another attempt; keeping that one", step)
             self.last_uploaded = RemoteCheckpoint(step, rel)
+            if fence is not None:
+                fence.check("a pruning pass")
             removed = prune(store, keep)
             log.info("checkpoint %d complete at %s (removed %s)", step, store.uri(rel), removed or "none")
             progress.update(phase="training", lastCheckpoint={"step": step, "uri": store.uri(rel)}, force=True)

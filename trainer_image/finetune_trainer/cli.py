@@ -122,6 +122,7 @@ def _run(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code (never raise)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _run(argv)
@@ -137,4 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s: %s", type(err).__name__, err.message)
         details: dict[str, Any] = dict(err.details)
         write_termination(err.code, err.message, **details)
+        if err.code == ExitCode.INTERRUPTED and from_process:
+            # The pod is being deleted and its grace period is the whole budget: on a busy node the
+            # interpreter's teardown (torch, thread pools) has outlasted it, turning exit 13 (ignored
+            # by the Job) into SIGKILL's 137 (a failure). The checkpoint and the message are written.
+            logging.shutdown()
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(err.code))
         return int(err.code)

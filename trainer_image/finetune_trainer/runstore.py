@@ -21,6 +21,7 @@ class RunStore(Protocol):
     def upload_dir(self, rel: str, local_dir: str) -> dict[str, str]: ...
     def download_dir(self, rel: str, local_dir: str) -> None: ...
     def list_dirs(self, rel: str) -> list[str]: ...
+    def list_files(self, rel: str) -> list[str]: ...
     def delete_dir(self, rel: str) -> None: ...
 
 
@@ -50,6 +51,12 @@ class S3RunStore:
     def list_dirs(self, rel: str) -> list[str]:
         base = self.prefix.child(rel.rstrip("/") + "/")
         return [p[len(base.key) :].rstrip("/") for p in storage.list_prefixes(self.client, base)]
+
+    def list_files(self, rel: str) -> list[str]:
+        """Names of the objects directly under `rel` (not in its sub-directories)."""
+        base = self.prefix.child(rel.rstrip("/") + "/")
+        names = (o["Key"][len(base.key) :] for o in storage.list_keys(self.client, base))
+        return sorted(n for n in names if n and "/" not in n)
 
     def delete_dir(self, rel: str) -> None:
         storage.delete_prefix(self.client, self.prefix.child(rel.rstrip("/") + "/"))
@@ -107,6 +114,12 @@ class LocalRunStore:
         if not os.path.isdir(path):
             return []
         return sorted(n for n in os.listdir(path) if os.path.isdir(os.path.join(path, n)))
+
+    def list_files(self, rel: str) -> list[str]:
+        path = self._p(rel)
+        if not os.path.isdir(path):
+            return []
+        return sorted(n for n in os.listdir(path) if os.path.isfile(os.path.join(path, n)))
 
     def delete_dir(self, rel: str) -> None:
         shutil.rmtree(self._p(rel), ignore_errors=True)

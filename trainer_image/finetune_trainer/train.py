@@ -18,6 +18,7 @@ from typing import Any
 
 from .checkpoints import InterruptFlag, RemoteCheckpoint, latest_checkpoint, load_test_hooks, make_checkpoint_callback
 from .config import Config
+from .fencing import Fence, claim
 from .data import DataReport
 from .errors import ConfigError, DataError, ExitCode, Interrupted, classify, write_termination
 from .job import (
@@ -146,6 +147,7 @@ class Setup:
     has_eval: bool
     shape: dict[str, Any]  # what an out-of-memory message names
     trained_tokens: int | None
+    fence: Fence | None  # the main process's claimed attempt; None on other ranks
 
 
 @dataclass
@@ -172,6 +174,10 @@ def _train(cfg: Config, flag: InterruptFlag) -> int:
         if ranks.is_main:
             report_complete(store)
         return 0
+
+    # Claimed before anything is written: a trainer replaced while it still runs is fenced off.
+    fence = Fence(store, claim(store)) if ranks.is_main else None
+
     progress = ProgressReporter(
         cfg.job.progress_configmap if ranks.is_main else "",
         cfg.job.job_namespace,
@@ -179,7 +185,7 @@ def _train(cfg: Config, flag: InterruptFlag) -> int:
     )
     plan = prepare_run(cfg, ranks, progress)
     model, quant = load_model(cfg, plan, ranks)
-    setup = build_trainer(cfg, plan, model, quant, ranks, flag, progress)
+    setup = build_trainer(cfg, plan, model, quant, ranks, flag, progress, fence)
     outcome = train(setup, plan, ranks, flag, progress)
     if not ranks.is_main:
         return 0
@@ -249,7 +255,7 @@ def load_model(cfg: Config, plan: Plan, ranks: Ranks) -> tuple[Any, Any]:
 
 
 def build_trainer(cfg: Config, plan: Plan, model: Any, quant: Any, ranks: Ranks, flag: InterruptFlag,
-                  progress: ProgressReporter) -> Setup:
+                  progress: ProgressReporter, fence: Fence | None) -> Setup:
     """Datasets, callbacks and the SFTTrainer; the last complete checkpoint fetched to resume from."""
     from trl import SFTTrainer, get_peft_config
 
@@ -269,6 +275,7 @@ def build_trainer(cfg: Config, plan: Plan, model: Any, quant: Any, ranks: Ranks,
         progress=progress,
         is_main=ranks.is_main,
         world_size=ranks.world,
+        fence=fence,
     )
     train_ds = _as_dataset(cfg, plan, prep.data.train)
     eval_ds = _as_dataset(cfg, plan, prep.data.validation) if prep.data.validation else None
@@ -288,7 +295,7 @@ def build_trainer(cfg: Config, plan: Plan, model: Any, quant: Any, ranks: Ranks,
         sum(sum(1 for t in row if t != -100) for row in trainer.train_dataset["labels"]) if "labels" in columns else None
     )
     shape = {"per_device_train_batch_size": sft.per_device_train_batch_size, "max_length": sft.max_length}
-    return Setup(trainer, quant, checkpoints, resume, eval_ds is not None, shape, trained_tokens)
+    return Setup(trainer, quant, checkpoints, resume, eval_ds is not None, shape, trained_tokens, fence)
 
 
 def _resume_dir(cfg: Config, resume: RemoteCheckpoint) -> str:
@@ -333,7 +340,8 @@ def train(setup: Setup, plan: Plan, ranks: Ranks, flag: InterruptFlag, progress:
         else:
             progress.update(phase="baseline")
             baseline = _evaluate(trainer, setup.shape)
-            if ranks.is_main:
+            if setup.fence is not None:
+                setup.fence.check("the baseline evaluation")
                 store.put_bytes(BASELINE, json.dumps({"evalLoss": baseline}).encode())
         progress.update(phase="training", baselineEvalLoss=decimal_str(baseline), force=True)
 
@@ -378,6 +386,9 @@ def publish(cfg: Config, plan: Plan, setup: Setup, outcome: Outcome, ranks: Rank
     # A pickle of TrainingArguments: not needed to use the adapter, and not safe to load.
     with contextlib.suppress(FileNotFoundError):
         os.remove(os.path.join(adapter_dir, "training_args.bin"))
+    fence = setup.fence
+    assert fence is not None  # the main process claimed an attempt
+    fence.check("the adapter")
     files = prep.store.upload_dir("adapter", adapter_dir)
 
     history = trainer.state.log_history
@@ -396,6 +407,7 @@ def publish(cfg: Config, plan: Plan, setup: Setup, outcome: Outcome, ranks: Rank
             "lastTrainLoss": outcome.train_losses[-1] if outcome.train_losses else None,
             "globalStep": trainer.state.global_step,
             "resumedFromStep": setup.resume.step if setup.resume else None,
+            "attempt": fence.attempt.number,  # fencing.py: which attempt of the run wrote this adapter
             "tokens": int(num_tokens) if num_tokens is not None else None,
             "trainedTokensPerEpoch": setup.trained_tokens,
             # Read from the model, not the config: proof that checkpointing really ran (the estimate assumes it).
@@ -409,6 +421,7 @@ def publish(cfg: Config, plan: Plan, setup: Setup, outcome: Outcome, ranks: Rank
         adapter_dir=adapter_dir,
     )
     body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    fence.check("the adapter manifest")
     if not prep.store.put_bytes(MANIFEST, body, if_none_match=True):
         log.warning("a manifest appeared at %s meanwhile; leaving it as it is", prep.store.uri(MANIFEST))
     progress.update(phase="done", step=trainer.state.global_step, force=True)

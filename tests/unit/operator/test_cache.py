@@ -43,8 +43,16 @@ def test_node_heartbeats_are_not_changes() -> None:
     assert world.nodes() == [{"metadata": {"name": "gpu-0", "labels": NODE["metadata"]["labels"]},
                               "spec": {"unschedulable": True,
                                        "taints": [{"key": "nvidia.com/gpu", "value": "", "effect": "NoSchedule"}]},
-                              "status": {"allocatable": {"nvidia.com/gpu": "1"}}}]
+                              "status": {"allocatable": {"nvidia.com/gpu": "1"},
+                                         "conditions": [{"type": "Ready", "status": "True",
+                                                         "lastTransitionTime": ""}]}}]
     assert world.node_product("gpu-0") == "Tesla-T4"
+    # The node controller marking the node Unknown (no heartbeat) is a change the lost-node policy reads.
+    lost = copy.deepcopy(cordoned)
+    lost["status"]["conditions"][0].update(status="Unknown", lastTransitionTime="2026-01-01T00:01:00Z")
+    assert world.put_node(lost)
+    assert world.nodes()[0]["status"]["conditions"] == [
+        {"type": "Ready", "status": "Unknown", "lastTransitionTime": "2026-01-01T00:01:00Z"}]
     assert world.drop_node("gpu-0") and world.nodes() == []
 
 

@@ -182,6 +182,7 @@ def test_every_value_reaches_the_rendered_objects(helm: Path, tmp_path: Path) ->
     assert cfg.namespaces == [*c["namespaces"], NAMESPACE]  # the Lease's namespace must be watched too
     assert cfg.max_concurrent_jobs == 1000000  # not 1e+06: numbers from values files are floats in Go templates
     assert cfg.termination_grace_period_seconds == 300
+    assert (cfg.node_lost_toleration_seconds, cfg.node_lost_force_delete_seconds) == (45, 75)
     assert cfg.workload_identity_annotations == c["workloadIdentityAnnotations"]
     assert cfg.model_cache_pvc == "models"
     assert cfg.gpu_tolerations == c["gpuTolerations"]
