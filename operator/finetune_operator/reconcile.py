@@ -56,10 +56,18 @@ class Observed:
 
 @dataclass
 class Plan:
-    """What the handler does: ensure objects (in order), patch the Job, write the status."""
+    """What the handler does: ensure objects (in order), patch the Job, write the status.
+
+    `prepare` lists objects a later step needs that do not depend on what is still to be
+    learnt (the trainer's ServiceAccount, Role, RoleBinding and progress ConfigMap, made while
+    the inspection runs): the controller creates them after the status write, at low priority,
+    so the step that needs them finds them made instead of creating them on its critical path.
+    That step still lists them in `ensure` (a create of an existing object adopts it).
+    """
 
     status: api.FineTuneJobStatus
     ensure: list[dict[str, Any]] = field(default_factory=list)
+    prepare: list[dict[str, Any]] = field(default_factory=list)
     job_suspend: bool | None = None
     delete_job: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)
@@ -221,6 +229,7 @@ def _inspect(
     pod = obs.inspect_pod
     if pod is None:
         result.ensure.append(builders.inspection_pod(body, spec, config))
+        result.prepare.extend(_trainer_access(body, config))
         st.state("Inspecting")
         st.condition(cond.INSPECTED, None, "Started", "inspecting the model and data on a CPU-only pod")
         return None
@@ -332,15 +341,22 @@ def _place(
     resolved = dict(st.data.get("resolved") or {})
     body = obs.body
     result.ensure.extend([
-        builders.service_account(body, config),
-        builders.role(body),
-        builders.role_binding(body),
-        builders.progress_configmap(body),
+        *_trainer_access(body, config),
         builders.trainer_configmap(body, spec, config, resolved),
         builders.training_job(body, spec, config, decision.node_affinity),
     ])
     st.data["jobName"] = builders.naming.training_job(body["metadata"]["name"])
     return True
+
+
+def _trainer_access(body: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
+    """The trainer's identity, its one right and the ConfigMap it writes: known before placement."""
+    return [
+        builders.service_account(body, config),
+        builders.role(body),
+        builders.role_binding(body),
+        builders.progress_configmap(body),
+    ]
 
 
 def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig, st: _Status, result: Plan) -> None:
