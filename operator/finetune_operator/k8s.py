@@ -123,6 +123,39 @@ def request(
     return json.loads(data) if data else {}
 
 
+def watch(path: str, query: dict[str, Any], timeout_seconds: int = 120) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Stream one watch request's events as (type, object) until the server ends it.
+
+    Not rate-limited (a watch is one long request). Raises ApiError when the request fails or
+    the stream reports an error (e.g. 410 Gone): the caller starts a new watch.
+    """
+    api = _api()
+    params = dict(query, watch="true", timeoutSeconds=timeout_seconds)
+    try:
+        resp = api.call_api(
+            path + "?" + urlencode(params), "GET", header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+            _request_timeout=(30, timeout_seconds + 30),
+        )
+    except ApiException as exc:
+        raise ApiError(int(exc.status or 0), str(exc.reason), str(exc.body or "")) from exc
+    pending = b""
+    try:
+        for chunk in resp.stream(amt=None, decode_content=False):
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    raise ApiError(int(obj.get("code") or 0), str(obj.get("reason") or "Error"), str(obj.get("message") or ""))
+                yield str(event.get("type")), obj
+    finally:
+        resp.release_conn()
+
+
 # --- FineTuneJobs -------------------------------------------------------------------------
 
 def ftj_path(namespace: str, name: str = "") -> str:
