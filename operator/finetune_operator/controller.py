@@ -24,7 +24,7 @@ from typing import Any
 
 from finetune_operator import cache as cache_mod
 from finetune_operator import conditions as cond
-from finetune_operator import k8s, naming, observability, ratelimit, reconcile
+from finetune_operator import gpus, k8s, naming, observability, ratelimit, reconcile
 from finetune_operator.cache import Key, WorldCache
 from finetune_operator.config import OperatorConfig
 from finetune_operator.ratelimit import WriteBudget
@@ -93,6 +93,7 @@ class Controller:
         self.synced = threading.Event()  # kopf's initial lists are all in the caches
         self._specs: dict[tuple[str, int], reconcile.ParsedSpec] = {}
         self._own: dict[Key, tuple[Any, ...]] = {}  # fingerprint of the status write in flight, per key
+        self._inventory: tuple[int, gpus.GpuInventory] | None = None  # (cache.node_version, inventory)
         self._made: set[tuple[str, str, str]] = set()  # (owner uid, kind, name) prepared ahead here
         self._chores: deque[Callable[[], None]] = deque()
         self._chores_cond = threading.Condition()
@@ -236,6 +237,7 @@ class Controller:
         obs.nodes = self.cache.nodes()
         if obs.job is None:
             obs.inspect_pod = kids.pods.get(naming.inspection_pod(name))
+            obs.inventory = self.inventory()
             if self.config.max_concurrent_jobs:
                 obs.active_jobs = self.cache.active_training_jobs(ns if self.config.namespaces else None)
         else:
@@ -243,6 +245,15 @@ class Controller:
             progress_cm = kids.configmaps.get(naming.progress(name))
             obs.progress = dict(progress_cm.progress or {}) if progress_cm is not None else {}
         return obs
+
+    def inventory(self) -> gpus.GpuInventory:
+        """The GPU inventory, rebuilt only when a node changed (at 500 nodes a rebuild is ≈ 45 ms of CPU)."""
+        version = self.cache.node_version  # read first: a change meanwhile makes the next call rebuild
+        cached = self._inventory
+        if cached is None or cached[0] != version:
+            cached = (version, gpus.inventory_from_nodes(self.cache.nodes(), self.config.node_pools or None))
+            self._inventory = cached
+        return cached[1]
 
     def _reconcile(self, key: Key) -> None:
         namespace, name = key

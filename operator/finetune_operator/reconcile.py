@@ -50,6 +50,7 @@ class Observed:
     pods: list[PodFacts] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # minimal Node dicts (cache.NodeFacts.as_object)
+    inventory: gpus.GpuInventory | None = None  # built from `nodes` once per node change (None: built here)
     active_jobs: int = 0
     parsed: ParsedSpec | None = None  # None: parsed here
 
@@ -310,7 +311,7 @@ def _place(
     obs: Observed, spec: api.FineTuneJobSpec, arch: Architecture, config: OperatorConfig, st: _Status, result: Plan
 ) -> bool:
     """Decide placement and, when it fits, create the training objects. True when created."""
-    inventory = gpus.inventory_from_nodes(obs.nodes, config.node_pools or None)
+    inventory = obs.inventory or gpus.inventory_from_nodes(obs.nodes, config.node_pools or None)
     decision = placement.plan(
         spec, arch, inventory, headroom_fraction=float(config.vram_headroom),
         allow_trust_remote_code=config.allow_trust_remote_code,

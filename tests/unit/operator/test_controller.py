@@ -369,3 +369,19 @@ def test_critical_writes_go_out_at_critical_priority_and_chores_at_low(
     take(ctl)  # Inspected: Started -> Running, no state change
     assert seen == [("status", NORMAL)]
     assert k8s.current_priority() == NORMAL  # restored after every block
+
+
+def test_the_gpu_inventory_is_built_once_per_node_change(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl = make(clock)
+    builds: list[int] = []
+    real = controller_mod.gpus.inventory_from_nodes
+    monkeypatch.setattr(controller_mod.gpus, "inventory_from_nodes",
+                        lambda nodes, pools=None: builds.append(len(nodes)) or real(nodes, pools))
+    t4 = {"metadata": {"name": "n0", "labels": {"nvidia.com/gpu.product": "Tesla-T4"}}}
+    ctl.on_node(t4)
+    first = ctl.inventory()
+    assert ctl.inventory() is first and builds == [1]  # every placement until the next node change
+    ctl.on_node(t4)  # the same facts (a heartbeat): nothing to rebuild
+    assert ctl.inventory() is first and builds == [1]
+    ctl.on_node({"metadata": {"name": "n1", "labels": {"nvidia.com/gpu.product": "Tesla-T4"}}})
+    assert ctl.inventory() is not first and builds == [1, 2]
