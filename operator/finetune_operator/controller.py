@@ -94,6 +94,7 @@ class Controller:
         self._specs: dict[tuple[str, int], reconcile.ParsedSpec] = {}
         self._own: dict[Key, tuple[Any, ...]] = {}  # fingerprint of the status write in flight, per key
         self._inventory: tuple[int, gpus.GpuInventory] | None = None  # (cache.node_version, inventory)
+        self._pods_confirmed: set[str] = set()  # Job uids whose pods were read from the API server
         self._made: set[tuple[str, str, str]] = set()  # (owner uid, kind, name) prepared ahead here
         self._chores: deque[Callable[[], None]] = deque()
         self._chores_cond = threading.Condition()
@@ -242,6 +243,7 @@ class Controller:
                 obs.active_jobs = self.cache.active_training_jobs(ns if self.config.namespaces else None)
         else:
             obs.pods = [p for p in kids.pods.values() if p.job_uid == obs.job.uid]
+            obs.pods_confirmed = obs.job.uid in self._pods_confirmed
             progress_cm = kids.configmaps.get(naming.progress(name))
             obs.progress = dict(progress_cm.progress or {}) if progress_cm is not None else {}
         return obs
@@ -267,6 +269,9 @@ class Controller:
         plan = reconcile.plan(obs, self.config)
         uid = body["metadata"]["uid"]
         new = plan.status_data()
+        if plan.confirm_pods and obs.job is not None:
+            self._confirm_pods(key, obs.job.uid)
+            return
         if new.get("failure", {}).get("reason") == cond.JOB_DELETED and self._job_still_there(namespace, name, uid):
             self.queue.add(key, urgent=True)  # the cache had missed the Job: never a false JobDeleted
             return
@@ -320,6 +325,16 @@ class Controller:
             raise
         self.cache.put_ftj(written)
         self._announce(body, plan, old, new)
+
+    def _confirm_pods(self, key: Key, job_uid: str) -> None:
+        """The cache shows a complete Job without its succeeded pod: read the pods, then decide again."""
+        pods = k8s.list_objects("Pod", key[0], f"batch.kubernetes.io/controller-uid={job_uid}")
+        for pod in pods:
+            self.cache.put_child("Pod", pod)
+        if len(self._pods_confirmed) > 100_000:
+            self._pods_confirmed.clear()
+        self._pods_confirmed.add(job_uid)  # the next reconcile decides on what the API server said
+        self.queue.add(key, urgent=True)
 
     def _job_still_there(self, namespace: str, name: str, uid: str) -> bool:
         existing = k8s.get_object("Job", namespace, naming.training_job(name))

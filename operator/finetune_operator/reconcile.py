@@ -51,6 +51,7 @@ class Observed:
     progress: dict[str, Any] = field(default_factory=dict)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # minimal Node dicts (cache.NodeFacts.as_object)
     inventory: gpus.GpuInventory | None = None  # built from `nodes` once per node change (None: built here)
+    pods_confirmed: bool = False  # `pods` were read from the API server, not only the (possibly late) cache
     active_jobs: int = 0
     parsed: ParsedSpec | None = None  # None: parsed here
 
@@ -69,6 +70,7 @@ class Plan:
     status: api.FineTuneJobStatus
     ensure: list[dict[str, Any]] = field(default_factory=list)
     prepare: list[dict[str, Any]] = field(default_factory=list)
+    confirm_pods: bool = False  # read the Job's pods from the API server, then decide again
     job_suspend: bool | None = None
     delete_job: bool = False
     events: list[tuple[str, str, str]] = field(default_factory=list)
@@ -373,6 +375,11 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
     _count_attempts(pods, st)
     _record_disruptions(pods, st)
     if job.is_true("Complete") or job.is_true("SuccessCriteriaMet"):
+        if not any(p.phase == "Succeeded" for p in pods) and not obs.pods_confirmed:
+            # The Job is complete only once a pod has succeeded: a cache without that pod is behind
+            # (the Job's and the pods' watch streams are not ordered). Never fail on a late cache.
+            result.confirm_pods = True
+            return
         _succeeded(pods, st)
         return
     failed = job.condition("Failed") or job.condition("FailureTarget")

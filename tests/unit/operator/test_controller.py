@@ -385,3 +385,32 @@ def test_the_gpu_inventory_is_built_once_per_node_change(clock: Clock, monkeypat
     assert ctl.inventory() is first and builds == [1]
     ctl.on_node({"metadata": {"name": "n1", "labels": {"nvidia.com/gpu.product": "Tesla-T4"}}})
     assert ctl.inventory() is not first and builds == [1, 2]
+
+
+def test_a_complete_job_is_checked_against_the_api_server_before_its_adapter_is_judged(
+        body: dict[str, Any], api: FakeApi, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl = make(clock)
+    uid = body["metadata"]["uid"]
+    body["status"] = {"state": "Running", "attempts": 1, "observedGeneration": 1, "jobName": "llama-chat-train"}
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+    ctl.on_ftj(body)
+    ctl.on_child("Job", child("Job", naming.training_job("llama-chat"), "job-uid", uid, spec={"suspend": False},
+                              status={"conditions": [{"type": "Complete", "status": "True"}]}))
+    running = child("Pod", "llama-chat-train-x", "pod-uid", uid, spec={"nodeName": "gpu-0", "containers": [{}]},
+                    status={"phase": "Running"})
+    running["metadata"]["labels"]["batch.kubernetes.io/controller-uid"] = "job-uid"
+    ctl.on_child("Pod", running)  # the cache is late: the pod's Succeeded event has not come yet
+    succeeded = copy.deepcopy(running)
+    succeeded["status"] = {"phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {
+        "exitCode": 0, "message": json.dumps({"class": "Succeeded", "adapter": {"uri": "s3://a/adapter/"}})}}}]}
+    listed: list[str] = []
+
+    def list_objects(kind: str, namespace: str | None, label_selector: str = "") -> list[dict[str, Any]]:
+        listed.append(f"{kind} {label_selector}")
+        return [copy.deepcopy(succeeded)]
+
+    monkeypatch.setattr(k8s, "list_objects", list_objects)
+    take(ctl)
+    assert listed == ["Pod batch.kubernetes.io/controller-uid=job-uid"]  # one read, for this Job only
+    final = api.objects[("FineTuneJob", "llama-chat")]["status"]
+    assert final["state"] == "Succeeded" and final["adapter"]["uri"] == "s3://a/adapter/"
