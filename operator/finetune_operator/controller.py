@@ -5,19 +5,27 @@ reconcile per key at a time) and read nothing from the API server on the way: th
 its children and the GPU inventory all come from the watch caches. Writes happen only when
 something changed, through the client-side rate limiter, and every successful write is put
 back into the cache so the next reconcile (and the watch event our own write causes) sees it.
+
+The critical path of a job — the creates that take it to its next step and its state changes —
+runs on the workers at `ratelimit.CRITICAL`; what nobody waits for (Events, the trainer's
+ServiceAccount/Role/RoleBinding/progress ConfigMap made during the inspection) runs on one
+background thread at `ratelimit.LOW`, next to progress-only status writes, so in a burst the
+limiter spends its tokens on the next step of every job first.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from finetune_operator import cache as cache_mod
 from finetune_operator import conditions as cond
-from finetune_operator import k8s, naming, observability, reach, reconcile
+from finetune_operator import gpus, k8s, naming, observability, ratelimit, reach, reconcile
 from finetune_operator.cache import Key, WorldCache
 from finetune_operator.config import OperatorConfig
 from finetune_operator.ratelimit import WriteBudget
@@ -86,6 +94,12 @@ class Controller:
         self.synced = threading.Event()  # kopf's initial lists are all in the caches
         self._specs: dict[tuple[str, int], reconcile.ParsedSpec] = {}
         self._own: dict[Key, tuple[Any, ...]] = {}  # fingerprint of the status write in flight, per key
+        self._inventory: tuple[int, gpus.GpuInventory] | None = None  # (cache.node_version, inventory)
+        self._pods_confirmed: set[str] = set()  # Job uids whose pods were read from the API server
+        self._made: set[tuple[str, str, str]] = set()  # (owner uid, kind, name) prepared ahead here
+        self._chores: deque[Callable[[], None]] = deque()
+        self._chores_cond = threading.Condition()
+        self._background = False  # chores run inline until start() (unit tests call process directly)
         self._nodes_dirty = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -98,6 +112,8 @@ class Controller:
         if deleted:
             self.cache.drop_ftj(*key, uid=meta.get("uid"))
             self.budget.forget(key)
+            uid = str(meta.get("uid"))
+            self._made = {made for made in self._made if made[0] != uid}
             self._own.pop(key, None)
             return
         if self.cache.put_ftj(body) and cache_mod.ftj_fingerprint(body) != self._own.get(key):
@@ -133,10 +149,40 @@ class Controller:
         for i in range(self.config.workers):
             self._spawn(self._work, f"reconcile-{i}")
         self._spawn(self._housekeeping, "housekeeping")
+        self._background = True
+        self._spawn(self._run_chores, "background")
 
     def stop(self) -> None:
         self._stop.set()
         self.queue.shutdown()
+        with self._chores_cond:
+            self._chores_cond.notify_all()
+
+    def later(self, chore: Callable[[], None]) -> None:
+        """Run `chore` off the critical path: on the background thread, at low priority."""
+        with self._chores_cond:
+            self._chores.append(chore)
+            self._chores_cond.notify()
+
+    def _run_inline(self) -> None:
+        """Before start() (unit tests drive `process` directly) chores run at the end of the reconcile."""
+        while self._chores:
+            with k8s.priority(ratelimit.LOW):
+                self._chores.popleft()()
+
+    def _run_chores(self) -> None:
+        while not self._stop.is_set():
+            with self._chores_cond:
+                while not self._chores and not self._stop.is_set():
+                    self._chores_cond.wait(1.0)
+                if not self._chores:
+                    continue
+                chore = self._chores.popleft()
+            try:
+                with k8s.priority(ratelimit.LOW):
+                    chore()
+            except Exception as exc:  # noqa: BLE001 - a chore is best effort; the reconcile repeats what matters
+                log.warning("background: %s", exc)
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -166,6 +212,8 @@ class Controller:
             self._reconcile(key)
         finally:
             observability.RECONCILE_SECONDS.observe(time.monotonic() - started)
+            if not self._background:
+                self._run_inline()
 
     def parsed_spec(self, body: dict[str, Any]) -> reconcile.ParsedSpec:
         """The spec parsed once per (uid, generation)."""
@@ -191,13 +239,25 @@ class Controller:
         obs.nodes = self.cache.nodes()
         if obs.job is None:
             obs.inspect_pod = kids.pods.get(naming.inspection_pod(name))
+            obs.inventory = self.inventory()
             if self.config.max_concurrent_jobs:
                 obs.active_jobs = self.cache.active_training_jobs(ns if self.config.namespaces else None)
         else:
             obs.pods = [p for p in kids.pods.values() if p.job_uid == obs.job.uid]
+            obs.pods_confirmed = obs.job.uid in self._pods_confirmed
             progress_cm = kids.configmaps.get(naming.progress(name))
             obs.progress = dict(progress_cm.progress or {}) if progress_cm is not None else {}
         return obs
+
+    def inventory(self) -> gpus.GpuInventory:
+        """The GPU inventory, rebuilt only when a node changed (at 500 nodes a rebuild is ≈ 45 ms of CPU)."""
+        version = self.cache.node_version  # read first: a change meanwhile makes the next call rebuild
+        cached = self._inventory
+        if cached is None or cached[0] != version:
+            cached = (version, gpus.inventory_from_nodes(self.cache.nodes(), self.config.node_pools or None,
+                                                         gpus.BUILTIN_CATALOG.with_entries(self.config.gpu_catalog)))
+            self._inventory = cached
+        return cached[1]
 
     def _reconcile(self, key: Key) -> None:
         namespace, name = key
@@ -211,17 +271,24 @@ class Controller:
         plan = reconcile.plan(obs, self.config)
         uid = body["metadata"]["uid"]
         new = plan.status_data()
+        if plan.confirm_pods and obs.job is not None:
+            self._confirm_pods(key, obs.job.uid)
+            return
         if new.get("failure", {}).get("reason") == cond.JOB_DELETED and self._job_still_there(namespace, name, uid):
             self.queue.add(key, urgent=True)  # the cache had missed the Job: never a false JobDeleted
             return
-        for obj in plan.ensure:
-            try:
-                self._ensure(obj, uid)
-            except k8s.ForeignObject as exc:
-                # A predecessor's child still holds the name; report and retry on the next pass.
-                new["conditions"] = _waiting(new, str(exc), body)
-                self.queue.add_after(key, 2.0)
-                break
+        with k8s.priority(ratelimit.CRITICAL):
+            for obj in plan.ensure:
+                try:
+                    self._ensure(obj, uid)
+                except k8s.ForeignObject as exc:
+                    # A predecessor's child still holds the name; report and retry on the next pass.
+                    new["conditions"] = _waiting(new, str(exc), body)
+                    self.queue.add_after(key, 2.0)
+                    plan.prepare = []
+                    break
+        if plan.prepare:
+            self.later(lambda: self._prepare(plan.prepare, uid))
         if plan.job_suspend is not None and obs.job is not None:
             patched = k8s.patch_object("Job", namespace, obs.job.name, {"spec": {"suspend": plan.job_suspend}})
             self.cache.put_child("Job", patched)
@@ -240,13 +307,17 @@ class Controller:
                 self.queue.add_after(key, wait)
                 return
             observability.STATUS_WRITES.labels(kind="progress").inc()
+            level = ratelimit.LOW
         else:
             self.budget.record(key)
             observability.STATUS_WRITES.labels(kind="change").inc()
+            level = ratelimit.CRITICAL if new.get("state") != old.get("state") else ratelimit.NORMAL
         # Its watch event may arrive before the response: recognise it by what we are writing.
         self._own[key] = cache_mod.ftj_fingerprint({"metadata": body["metadata"], "status": new})
         try:
-            written = k8s.patch_ftj_status(namespace, name, _merge_patch(old, new), body["metadata"].get("resourceVersion"))
+            with k8s.priority(level):
+                written = k8s.patch_ftj_status(namespace, name, _merge_patch(old, new),
+                                               body["metadata"].get("resourceVersion"))
         except k8s.ApiError as exc:
             if exc.status == 409:
                 # Our cached copy is behind: refresh it with one GET and try again at once.
@@ -261,6 +332,16 @@ class Controller:
         self.cache.put_ftj(written)
         self._announce(body, plan, old, new)
 
+    def _confirm_pods(self, key: Key, job_uid: str) -> None:
+        """The cache shows a complete Job without its succeeded pod: read the pods, then decide again."""
+        pods = k8s.list_objects("Pod", key[0], f"batch.kubernetes.io/controller-uid={job_uid}")
+        for pod in pods:
+            self.cache.put_child("Pod", pod)
+        if len(self._pods_confirmed) > 100_000:
+            self._pods_confirmed.clear()
+        self._pods_confirmed.add(job_uid)  # the next reconcile decides on what the API server said
+        self.queue.add(key, urgent=True)
+
     def _job_still_there(self, namespace: str, name: str, uid: str) -> bool:
         existing = k8s.get_object("Job", namespace, naming.training_job(name))
         if existing is None or naming.controller_uid(existing) != uid:
@@ -269,15 +350,34 @@ class Controller:
         return True
 
     def _ensure(self, obj: dict[str, Any], uid: str) -> None:
-        """Create or adopt (a 409 on create means "adopt if ours"), then write the child through to the cache."""
+        """Create or adopt (a 409 on create means "adopt if ours"), then write the child through to the cache.
+
+        An object prepared ahead by this process is not sent again when its step comes (a
+        ConfigMap only while the cache still has it); a new leader sends it once and adopts it.
+        """
+        kind, name = str(obj["kind"]), str(obj["metadata"]["name"])
+        if (uid, kind, name) in self._made and (kind != "ConfigMap" or name in self.cache.children(uid).configmaps):
+            return
         created = k8s.ensure(obj, uid)
-        if obj["kind"] in CHILD_KINDS:
-            self.cache.put_child(obj["kind"], created)
+        if kind in CHILD_KINDS:
+            self.cache.put_child(kind, created)
+
+    def _prepare(self, objs: list[dict[str, Any]], uid: str) -> None:
+        """Make what a later step needs (a failure is left to that step, which ensures it too)."""
+        for obj in objs:
+            try:
+                self._ensure(obj, uid)
+            except k8s.ForeignObject as exc:
+                log.info("not prepared ahead: %s", exc)
+                return
+            if len(self._made) > 200_000:
+                self._made.clear()
+            self._made.add((uid, str(obj["kind"]), str(obj["metadata"]["name"])))
 
     def _announce(self, body: dict[str, Any], plan: reconcile.Plan, old: dict[str, Any], new: dict[str, Any]) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         for type_, reason, message in plan.events:
-            k8s.emit_event(body, type_, reason, message, COMPONENT)
+            self.later(functools.partial(k8s.emit_event, body, type_, reason, message, COMPONENT))
             if type_ == "Warning" or reason in cond.TERMINAL_STATES:
                 log.info("%s/%s: %s %s", namespace, name, reason, message)
         if new.get("state") != old.get("state"):
@@ -316,7 +416,8 @@ class Controller:
         if self.config.relist_seconds and now >= state.setdefault("relist_at", now + self.config.relist_seconds):
             state["relist_at"] = now + self.config.relist_seconds
             try:
-                self.audit()
+                with k8s.priority(ratelimit.LOW):
+                    self.audit()
             except k8s.ApiError as exc:
                 log.warning("audit relist: %s", exc)
         observability.QUEUE_DELAYED.set(self.queue.waiting())

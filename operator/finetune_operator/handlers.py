@@ -27,7 +27,6 @@ JOBS = ("batch", "v1", "jobs")
 PODS = ("", "v1", "pods")
 CONFIGMAPS = ("", "v1", "configmaps")
 NODES = ("", "v1", "nodes")
-LEASES = ("coordination.k8s.io", "v1", "leases")
 FTJS = (api.GROUP, api.VERSION, api.PLURAL)
 _OURS = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}  # the server-side selector, checked again here
 
@@ -65,8 +64,6 @@ def configure_watches(settings: kopf.OperatorSettings, config: OperatorConfig) -
     # Only the operator's own children travel: kopf turns these into labelSelector/fieldSelector.
     for resource in (JOBS, PODS, CONFIGMAPS):
         settings.watching.label_selectors[resource] = CHILD_SELECTOR
-    settings.watching.field_selectors[LEASES] = (
-        f"metadata.name={config.lease_name},metadata.namespace={config.lease_namespace}")
 
 
 @kopf.on.startup()
@@ -74,8 +71,10 @@ def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     configure_watches(settings, Runtime.config)
     k8s.set_rate_limit(Runtime.config.api_qps, Runtime.config.api_burst)
     config = Runtime.config
+    # The elector watches the Lease in its own namespace (kopf's watches cover only the served
+    # namespaces); its events are the liveness heartbeat.
     Runtime.elector = LeaderElector(config.lease_name, config.lease_namespace, config.identity,
-                                    config.lease_duration_seconds)
+                                    config.lease_duration_seconds, on_event=observability.HEARTBEAT.beat)
     Runtime.elector.start()
     _ctl().start()
 
@@ -113,12 +112,6 @@ async def configmap_index(body: kopf.Body, **_: Any) -> None:
 @kopf.index(*NODES)
 async def node_index(body: kopf.Body, **_: Any) -> None:
     _ctl().on_node(body)
-
-
-@kopf.index(*LEASES, when=lambda name, namespace, **_: name == Runtime.config.lease_name
-            and namespace == Runtime.config.lease_namespace)
-async def lease_index(**_: Any) -> None:
-    observability.HEARTBEAT.beat()
 
 
 # --- deletions, and the signal that the initial lists are all in ------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -18,7 +20,8 @@ from kubernetes.client.rest import ApiException
 
 from finetune_operator import naming, observability
 from finetune_operator.conditions import now_rfc3339
-from finetune_operator.ratelimit import TokenBucket
+from finetune_operator import ratelimit
+from finetune_operator.ratelimit import PriorityTokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +33,10 @@ _local = threading.local()
 _lock = threading.Lock()
 _configured = False
 # Every request except the leader Lease's goes through this client-side budget (client-go's
-# flowcontrol); the Lease is exempt so a flood of writes never costs the leadership.
-_limiter: TokenBucket | None = None
+# flowcontrol); the Lease is exempt so a flood of writes never costs the leadership. Requests
+# wait by priority (`priority()`): a job's next-step creates and state changes go ahead of
+# progress writes, Events and objects made ahead of need.
+_limiter: PriorityTokenBucket | None = None
 PARTIAL_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
 
@@ -61,7 +66,22 @@ def configure() -> None:
 def set_rate_limit(qps: float, burst: int) -> None:
     """Limit this process's API requests to `qps` per second with bursts of `burst`."""
     global _limiter
-    _limiter = TokenBucket(qps, burst)
+    _limiter = PriorityTokenBucket(qps, burst)
+
+
+@contextmanager
+def priority(level: int) -> Iterator[None]:
+    """Requests of this thread inside the block wait in the rate limiter at `level` (ratelimit.CRITICAL…LOW)."""
+    before = getattr(_local, "priority", ratelimit.NORMAL)
+    _local.priority = level
+    try:
+        yield
+    finally:
+        _local.priority = before
+
+
+def current_priority() -> int:
+    return int(getattr(_local, "priority", ratelimit.NORMAL))
 
 
 def _api() -> client.ApiClient:
@@ -87,7 +107,7 @@ def request(
     url = path + (("?" + urlencode(query)) if query else "")
     headers = {"Accept": accept, "Content-Type": content_type}
     if _limiter is not None and "/leases" not in path:
-        waited = _limiter.acquire()
+        waited = _limiter.acquire(current_priority())
         if waited:
             observability.RATE_LIMITED_SECONDS.inc(waited)
     observability.API_REQUESTS.labels(method=method).inc()
@@ -101,6 +121,39 @@ def request(
         raise ApiError(int(exc.status or 0), str(exc.reason), str(exc.body or "")) from exc
     data = resp.data
     return json.loads(data) if data else {}
+
+
+def watch(path: str, query: dict[str, Any], timeout_seconds: int = 120) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Stream one watch request's events as (type, object) until the server ends it.
+
+    Not rate-limited (a watch is one long request). Raises ApiError when the request fails or
+    the stream reports an error (e.g. 410 Gone): the caller starts a new watch.
+    """
+    api = _api()
+    params = dict(query, watch="true", timeoutSeconds=timeout_seconds)
+    try:
+        resp = api.call_api(
+            path + "?" + urlencode(params), "GET", header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+            _request_timeout=(30, timeout_seconds + 30),
+        )
+    except ApiException as exc:
+        raise ApiError(int(exc.status or 0), str(exc.reason), str(exc.body or "")) from exc
+    pending = b""
+    try:
+        for chunk in resp.stream(amt=None, decode_content=False):
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                obj = event.get("object") or {}
+                if event.get("type") == "ERROR":
+                    raise ApiError(int(obj.get("code") or 0), str(obj.get("reason") or "Error"), str(obj.get("message") or ""))
+                yield str(event.get("type")), obj
+    finally:
+        resp.release_conn()
 
 
 # --- FineTuneJobs -------------------------------------------------------------------------

@@ -5,6 +5,8 @@ Pure: the clock (and the sleep of the blocking `acquire`) is injected, so tests 
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -39,6 +41,68 @@ class TokenBucket:
         if wait > 0:
             self._sleep(wait)
         return max(0.0, wait)
+
+
+# Priorities of API requests, most urgent first (`PriorityTokenBucket`).
+CRITICAL = 0  # creates on a job's way to its next step, and state changes
+NORMAL = 1  # every other request
+LOW = 2  # progress status writes, Events, objects made ahead of need, the audit relist
+
+
+class PriorityTokenBucket:
+    """`rate` tokens per second, at most `burst` saved up, handed out by priority.
+
+    A waiter is served only when it is first in (priority, arrival) order, so a critical request
+    overtakes every waiting lower-priority one; within one priority it is first come, first
+    served. Nothing is reserved ahead, so a backlog of LOW requests never delays a CRITICAL one
+    by more than the token it is already being given. The clock is injected; waiting uses a
+    condition whose timeout is computed from it, and `wake` re-checks (tests move the clock).
+    """
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst ≥ 1")
+        self._rate, self._burst = float(rate), float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+        self._cond = threading.Condition()
+        self._waiters: list[tuple[int, int]] = []  # heap of (priority, arrival)
+        self._arrivals = itertools.count()
+
+    def _refill(self, now: float) -> None:
+        if now > self._stamp:
+            self._tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+
+    def acquire(self, priority: int = NORMAL) -> float:
+        """Block until this request may go out; returns the seconds waited (on the injected clock)."""
+        with self._cond:
+            start = self._clock()
+            ticket = (priority, next(self._arrivals))
+            heapq.heappush(self._waiters, ticket)
+            try:
+                while True:
+                    now = self._clock()
+                    self._refill(now)
+                    first = self._waiters[0] == ticket
+                    if first and self._tokens >= 1.0:
+                        self._tokens -= 1.0
+                        return max(0.0, now - start)
+                    # The first waiter sleeps until its token; the others until they are notified.
+                    self._cond.wait((1.0 - self._tokens) / self._rate if first else None)
+            finally:
+                self._waiters.remove(ticket)
+                heapq.heapify(self._waiters)
+                self._cond.notify_all()
+
+    def waiting(self) -> int:
+        with self._cond:
+            return len(self._waiters)
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
 
 class WriteBudget:

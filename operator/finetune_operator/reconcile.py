@@ -50,6 +50,8 @@ class Observed:
     pods: list[PodFacts] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # minimal Node dicts (cache.NodeFacts.as_object)
+    inventory: gpus.GpuInventory | None = None  # built from `nodes` once per node change (None: built here)
+    pods_confirmed: bool = False  # `pods` were read from the API server, not only the (possibly late) cache
     active_jobs: int = 0
     parsed: ParsedSpec | None = None  # None: parsed here
     # Host lookups for the endpoint check; the controller passes the system's (cached), tests their own.
@@ -58,10 +60,19 @@ class Observed:
 
 @dataclass
 class Plan:
-    """What the handler does: ensure objects (in order), patch the Job, write the status."""
+    """What the handler does: ensure objects (in order), patch the Job, write the status.
+
+    `prepare` lists objects a later step needs that do not depend on what is still to be
+    learnt (the trainer's ServiceAccount, Role, RoleBinding and progress ConfigMap, made while
+    the inspection runs): the controller creates them after the status write, at low priority,
+    so the step that needs them finds them made instead of creating them on its critical path.
+    That step still lists them in `ensure` (a create of an existing object adopts it).
+    """
 
     status: api.FineTuneJobStatus
     ensure: list[dict[str, Any]] = field(default_factory=list)
+    prepare: list[dict[str, Any]] = field(default_factory=list)
+    confirm_pods: bool = False  # read the Job's pods from the API server, then decide again
     job_suspend: bool | None = None
     delete_job: bool = False
     force_delete_pods: list[tuple[str, str]] = field(default_factory=list)  # (name, uid) stuck on a lost node
@@ -236,6 +247,7 @@ def _inspect(
     pod = obs.inspect_pod
     if pod is None:
         result.ensure.append(builders.inspection_pod(body, spec, config))
+        result.prepare.extend(_trainer_access(body, config))
         st.state("Inspecting")
         st.condition(cond.INSPECTED, None, "Started", "inspecting the model and data on a CPU-only pod")
         return None
@@ -318,7 +330,7 @@ def _place(
 ) -> bool:
     """Decide placement and, when it fits, create the training objects. True when created."""
     gpu_catalog = gpus.BUILTIN_CATALOG.with_entries(config.gpu_catalog)
-    inventory = gpus.inventory_from_nodes(obs.nodes, config.node_pools or None, gpu_catalog)
+    inventory = obs.inventory or gpus.inventory_from_nodes(obs.nodes, config.node_pools or None, gpu_catalog)
     decision = placement.plan(
         spec, arch, inventory, headroom_fraction=float(config.vram_headroom),
         allow_trust_remote_code=config.allow_trust_remote_code,
@@ -349,15 +361,22 @@ def _place(
     resolved = dict(st.data.get("resolved") or {})
     body = obs.body
     result.ensure.extend([
-        builders.service_account(body, config),
-        builders.role(body),
-        builders.role_binding(body),
-        builders.progress_configmap(body),
+        *_trainer_access(body, config),
         builders.trainer_configmap(body, spec, config, resolved),
         builders.training_job(body, spec, config, decision.node_affinity),
     ])
     st.data["jobName"] = naming.training_job(body["metadata"]["name"])
     return True
+
+
+def _trainer_access(body: dict[str, Any], config: OperatorConfig) -> list[dict[str, Any]]:
+    """The trainer's identity, its one right and the ConfigMap it writes: known before placement."""
+    return [
+        builders.service_account(body, config),
+        builders.role(body),
+        builders.role_binding(body),
+        builders.progress_configmap(body),
+    ]
 
 
 def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig, st: _Status, result: Plan) -> None:
@@ -379,6 +398,11 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
         st.data["disruptions"] = ended
     released = _release_lost_pods(pods, obs.nodes, config, st, result)
     if job.is_true("Complete") or job.is_true("SuccessCriteriaMet"):
+        if not any(p.phase == "Succeeded" for p in pods) and not obs.pods_confirmed:
+            # The Job is complete only once a pod has succeeded: a cache without that pod is behind
+            # (the Job's and the pods' watch streams are not ordered). Never fail on a late cache.
+            result.confirm_pods = True
+            return
         _succeeded(pods, st)
         return
     failed = job.condition("Failed") or job.condition("FailureTarget")

@@ -285,6 +285,24 @@ def test_health_endpoint_reports_leader_and_watch_age(start_operator: Any) -> No
     assert 0 <= probes["watchAgeSeconds"] < 4 * 6
 
 
+def test_the_lease_is_watched_in_its_own_namespace_whatever_namespaces_are_served(
+        start_operator: Any, k8s_api: client.ApiClient) -> None:
+    """The operator serves only the test's namespace; its Lease lives in another one. The Lease's
+    watch (the liveness heartbeat) must follow the Lease, not the served namespaces."""
+    lease = unique("leader")
+    coordination = client.CoordinationV1Api(k8s_api)
+    try:
+        op = start_operator(lease_namespace="default", lease_name=lease)
+        started = time.monotonic()
+        # Renewed every 2 s (6 s Lease): a watched Lease keeps the age near 0; an unwatched one
+        # lets it grow with the operator's uptime.
+        until(lambda: time.monotonic() - started > 12 and op.health()[1].get("watchAgeSeconds", 99) < 4,
+              90, "the Lease's watch events reach the heartbeat", interval=1)
+        assert op.health()[0] == 200
+    finally:
+        ignore_404(lambda: coordination.delete_namespaced_lease(lease, "default"))
+
+
 def test_plain_pod_deletion_is_interrupted_and_resumed(jobs: Jobs, start_operator: Any) -> None:
     """`kubectl delete pod` (no eviction, no DisruptionTarget): the trainer checkpoints on SIGTERM and
     exits with the interrupted code, which the Job's podFailurePolicy ignores; the next pod resumes."""

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from finetune_operator import controller as controller_mod
-from finetune_operator import k8s, naming
+from finetune_operator import gpus, k8s, naming
 from finetune_operator.config import OperatorConfig
+from finetune_operator.ratelimit import CRITICAL, LOW, NORMAL
 
 CONFIG = OperatorConfig.model_validate({"s3": {"endpoint": "http://s3.local:8333"}, "relist_seconds": 0})
 KEY = ("team-a", "llama-chat")
@@ -137,8 +138,10 @@ def test_a_new_job_is_reconciled_from_the_cache_and_its_own_write_is_not_new_wor
     api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
     ctl.on_ftj(body)
     assert take(ctl) == [KEY]
+    # The pod's way first; then, off the critical path, what the training step will need, and the Event.
     assert api.writes() == [("create", "ConfigMap"), ("create", "Pod"), ("status", "llama-chat"),
-                            ("event", "Inspecting")]
+                            ("create", "ServiceAccount"), ("create", "Role"), ("create", "RoleBinding"),
+                            ("create", "ConfigMap"), ("event", "Inspecting")]
     echo = api.objects[("FineTuneJob", "llama-chat")]
     ctl.on_ftj(echo)  # the watch event of our own status write
     assert len(ctl.queue) == 0
@@ -223,7 +226,9 @@ def test_the_audit_relist_drops_what_the_watch_missed(body: dict[str, Any], api:
     ctl.on_child("Pod", child("Pod", "kept-pod", "kept", uid))
     api.metadata = {"/pods": [{"uid": "kept"}], "/finetunejobs": [{"uid": uid}], "/jobs": [], "/configmaps": [],
                     "/nodes": []}
-    assert ctl.audit() == 1 + 2  # the pod, plus the two children this reconcile created and the fake never listed
+    # the pod, plus the three children this reconcile created (inspection ConfigMap and pod, progress
+    # ConfigMap) that the fake never listed
+    assert ctl.audit() == 1 + 3
     assert set(ctl.cache.children(uid).pods) == {"kept-pod"}
     assert ctl.queue.get(timeout=0) == KEY  # the owner is reconciled after the repair
 
@@ -284,3 +289,128 @@ def test_a_name_held_by_a_predecessor_waits_instead_of_creating_another(
     conditions = {c["type"]: c for c in api.objects[("FineTuneJob", "llama-chat")]["status"]["conditions"]}
     assert conditions["Scheduled"]["reason"] == "WaitingForPredecessor"
     assert ctl.queue.waiting() == 1  # tried again shortly, without an event
+
+
+def test_the_training_step_creates_only_what_the_inspection_could_not_prepare(
+        body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
+    ctl = make(clock)
+    uid = body["metadata"]["uid"]
+    ctl.on_node({"metadata": {"name": "gpu-0", "labels": {
+        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.count": "1",
+        "nvidia.com/gpu.compute.major": "9", "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.family": "hopper"}},
+        "status": {"allocatable": {"nvidia.com/gpu": "1"}}})
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+    ctl.on_ftj(body)
+    take(ctl)
+    assert ("create", "ServiceAccount") in api.writes()  # prepared while the inspection runs
+    inspect = child("Pod", naming.inspection_pod("llama-chat"), "ip", uid, spec={"containers": [{}]}, status={
+        "phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": json.dumps(
+            {"architecture": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+                              "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                              "vocab_size": 400}})}}}]})
+    ctl.on_child("Pod", inspect)
+    take(ctl)
+    writes = api.writes()
+    assert writes[:3] == [("create", "ConfigMap"), ("create", "Job"), ("status", "llama-chat")], writes
+    assert not {("create", "ServiceAccount"), ("create", "Role"), ("create", "RoleBinding")} & set(writes)
+    assert api.objects[("FineTuneJob", "llama-chat")]["status"]["state"] == "Queued"
+
+
+def test_a_new_leader_still_creates_the_trainer_access_at_placement(
+        body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
+    ctl = make(clock)  # nothing prepared by this process: the inspection ran under another leader
+    uid = body["metadata"]["uid"]
+    ctl.on_node({"metadata": {"name": "gpu-0", "labels": {
+        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.count": "1",
+        "nvidia.com/gpu.compute.major": "9", "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.family": "hopper"}},
+        "status": {"allocatable": {"nvidia.com/gpu": "1"}}})
+    ctl.on_child("ConfigMap", child("ConfigMap", naming.inspect_config("llama-chat"), "ic", uid))
+    ctl.on_child("Pod", child("Pod", naming.inspection_pod("llama-chat"), "ip", uid, spec={"containers": [{}]}, status={
+        "phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": json.dumps(
+            {"architecture": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+                              "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                              "vocab_size": 400}})}}}]}))
+    body["status"] = {"state": "Inspecting"}
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+    ctl.on_ftj(body)
+    take(ctl)
+    creates = [what for verb, what in api.writes() if verb == "create"]
+    assert creates == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "ConfigMap", "Job"]
+
+
+def test_critical_writes_go_out_at_critical_priority_and_chores_at_low(
+        body: dict[str, Any], api: FakeApi, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, int]] = []
+    recorded_ensure, recorded_status, recorded_event = api.ensure, api.patch_ftj_status, api.emit_event
+
+    def ensure(obj: dict[str, Any], owner_uid: str) -> dict[str, Any]:
+        seen.append((obj["kind"], k8s.current_priority()))
+        return recorded_ensure(obj, owner_uid)
+
+    def status(*args: Any) -> dict[str, Any]:
+        seen.append(("status", k8s.current_priority()))
+        return recorded_status(*args)
+
+    def event(*args: Any) -> None:
+        seen.append(("event", k8s.current_priority()))
+        recorded_event(*args)
+
+    monkeypatch.setattr(k8s, "ensure", ensure)
+    monkeypatch.setattr(k8s, "patch_ftj_status", status)
+    monkeypatch.setattr(k8s, "emit_event", event)
+    ctl = make(clock)
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+    ctl.on_ftj(body)
+    take(ctl)
+    assert seen[:3] == [("ConfigMap", CRITICAL), ("Pod", CRITICAL), ("status", CRITICAL)]  # a state change
+    assert all(level == LOW for _, level in seen[3:]) and len(seen) == 8
+    seen.clear()
+    ctl.queue.add(KEY)
+    take(ctl)  # Inspected: Started -> Running, no state change
+    assert seen == [("status", NORMAL)]
+    assert k8s.current_priority() == NORMAL  # restored after every block
+
+
+def test_the_gpu_inventory_is_built_once_per_node_change(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl = make(clock)
+    builds: list[int] = []
+    real = controller_mod.gpus.inventory_from_nodes
+    monkeypatch.setattr(controller_mod.gpus, "inventory_from_nodes",
+                        lambda nodes, pools=None, catalog=gpus.BUILTIN_CATALOG: builds.append(len(nodes)) or real(nodes, pools, catalog))
+    t4 = {"metadata": {"name": "n0", "labels": {"nvidia.com/gpu.product": "Tesla-T4"}}}
+    ctl.on_node(t4)
+    first = ctl.inventory()
+    assert ctl.inventory() is first and builds == [1]  # every placement until the next node change
+    ctl.on_node(t4)  # the same facts (a heartbeat): nothing to rebuild
+    assert ctl.inventory() is first and builds == [1]
+    ctl.on_node({"metadata": {"name": "n1", "labels": {"nvidia.com/gpu.product": "Tesla-T4"}}})
+    assert ctl.inventory() is not first and builds == [1, 2]
+
+
+def test_a_complete_job_is_checked_against_the_api_server_before_its_adapter_is_judged(
+        body: dict[str, Any], api: FakeApi, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctl = make(clock)
+    uid = body["metadata"]["uid"]
+    body["status"] = {"state": "Running", "attempts": 1, "observedGeneration": 1, "jobName": "llama-chat-train"}
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+    ctl.on_ftj(body)
+    ctl.on_child("Job", child("Job", naming.training_job("llama-chat"), "job-uid", uid, spec={"suspend": False},
+                              status={"conditions": [{"type": "Complete", "status": "True"}]}))
+    running = child("Pod", "llama-chat-train-x", "pod-uid", uid, spec={"nodeName": "gpu-0", "containers": [{}]},
+                    status={"phase": "Running"})
+    running["metadata"]["labels"]["batch.kubernetes.io/controller-uid"] = "job-uid"
+    ctl.on_child("Pod", running)  # the cache is late: the pod's Succeeded event has not come yet
+    succeeded = copy.deepcopy(running)
+    succeeded["status"] = {"phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {
+        "exitCode": 0, "message": json.dumps({"class": "Succeeded", "adapter": {"uri": "s3://a/adapter/"}})}}}]}
+    listed: list[str] = []
+
+    def list_objects(kind: str, namespace: str | None, label_selector: str = "") -> list[dict[str, Any]]:
+        listed.append(f"{kind} {label_selector}")
+        return [copy.deepcopy(succeeded)]
+
+    monkeypatch.setattr(k8s, "list_objects", list_objects)
+    take(ctl)
+    assert listed == ["Pod batch.kubernetes.io/controller-uid=job-uid"]  # one read, for this Job only
+    final = api.objects[("FineTuneJob", "llama-chat")]["status"]
+    assert final["state"] == "Succeeded" and final["adapter"]["uri"] == "s3://a/adapter/"

@@ -306,6 +306,17 @@ def test_replay_is_stable(body: dict[str, Any]) -> None:
     assert second.status == first.status and second.events == []
 
 
+def test_a_complete_job_whose_succeeded_pod_the_cache_lacks_is_confirmed_not_failed(body: dict[str, Any]) -> None:
+    """The Job's and the pods' watches are not ordered: a new leader's cache may hold the Complete
+    Job while its pod still shows Running. That is a late cache, never AdapterNotReported."""
+    body["status"] = {"state": "Running", "attempts": 1}
+    late = with_job(body, [pod("Running")], [{"type": "Complete", "status": "True"}])
+    plan = reconcile.plan(late, CONFIG)
+    assert plan.confirm_pods and plan.status_data()["state"] == "Running" and plan.events == []
+    late.pods_confirmed = True  # the API server has no succeeded pod either (e.g. removed by hand)
+    assert reconcile.plan(late, CONFIG).status_data()["failure"]["reason"] == "AdapterNotReported"
+
+
 def test_completion_without_an_adapter_report_is_not_success(body: dict[str, Any]) -> None:
     plan = reconcile.plan(with_job(body, [pod("Succeeded", exit_code=0, message="")],
                                    [{"type": "Complete", "status": "True"}]), CONFIG)

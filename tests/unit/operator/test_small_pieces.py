@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
-from finetune_operator import conditions, config, controller, leader
+from finetune_operator import conditions, config, controller, k8s, leader
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -117,3 +118,90 @@ def test_a_configured_gpu_replaces_the_built_in_entry_of_that_product() -> None:
     assert [g.product for g in extended.entries].count("Tesla-T4") == 1
     builtin = gpus.BUILTIN_CATALOG.lookup("tesla-t4")
     assert builtin is not None and builtin.memory_mib == 15360
+
+
+def test_a_standby_retries_when_the_holders_term_ends() -> None:
+    spec = {"holderIdentity": "a", "renewTime": "2026-01-01T00:00:00.000000Z", "leaseDurationSeconds": 15}
+    assert leader.expires(spec) == T0 + timedelta(seconds=15)
+    assert leader.expires({**spec, "holderIdentity": None}) is None  # released: nothing to wait for
+    assert leader.expires({"holderIdentity": "a"}) is None
+
+
+class _LeaseApi:
+    """The Lease calls of one elector, answered from `lease` (None: deleted)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, lease: dict[str, Any] | None) -> None:
+        self.lease = lease
+        self.writes: list[str] = []
+        monkeypatch.setattr(k8s, "get_object", lambda kind, ns, name: self.lease)
+        monkeypatch.setattr(k8s, "request", lambda method, path, body=None, **_: self.writes.append(method) or {})
+        monkeypatch.setattr(k8s, "patch_object", lambda *args: self.writes.append("PATCH") or {})
+
+
+def test_a_stopping_replica_never_recreates_the_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = _LeaseApi(monkeypatch, None)
+    elector = leader.LeaderElector("fto-leader", "fto-system", "b", 15)
+    elector._stop.set()  # stop() was called (an uninstall deleted the Lease and is stopping the pods)
+    elector._try_once()
+    assert api.writes == [] and not elector.is_leader()
+    running = leader.LeaderElector("fto-leader", "fto-system", "c", 15)
+    running._try_once()  # a replica that is not stopping creates the missing Lease
+    assert api.writes == ["POST"] and running.is_leader()
+
+
+def test_a_standby_schedules_its_next_try_at_the_end_of_the_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    renewed = datetime.now(timezone.utc)
+    _LeaseApi(monkeypatch, {"metadata": {"resourceVersion": "1"}, "spec": {
+        "holderIdentity": "a", "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ"), "leaseDurationSeconds": 15}})
+    elector = leader.LeaderElector("fto-leader", "fto-system", "b", 15)
+    elector._try_once()
+    assert not elector.is_leader()
+    assert elector._next_try is not None and 10 < elector._next_try <= 15.05
+
+
+def test_the_lease_is_watched_in_its_own_namespace_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[str, dict[str, Any]]] = []
+    beats: list[int] = []
+    elector = leader.LeaderElector("fto-leader", "fto-system", "b", 15, on_event=lambda: beats.append(1))
+
+    def watch(path: str, query: dict[str, Any]) -> Any:
+        seen.append((path, query))
+        yield "MODIFIED", {"spec": {"holderIdentity": "a"}}
+        yield "MODIFIED", {"spec": {"holderIdentity": None}}  # released by a graceful stop
+        elector._stop.set()
+        yield "MODIFIED", {"spec": {}}
+
+    monkeypatch.setattr(k8s, "watch", watch)
+    elector._watch()
+    assert seen == [("/apis/coordination.k8s.io/v1/namespaces/fto-system/leases",
+                     {"fieldSelector": "metadata.name=fto-leader"})]
+    assert len(beats) == 3  # every event is a liveness heartbeat
+    assert elector._wake.is_set()  # the release woke the standby's election at once
+
+
+def test_the_watch_stream_is_split_into_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = [b'{"type": "ADDED", "object": {"metadata": {"name": "l"}}}\n{"type": "MOD',
+             b'IFIED", "object": {"spec": {}}}\n\n',
+             b'{"type": "ERROR", "object": {"code": 410, "reason": "Gone", "message": "too old"}}\n']
+
+    class Response:
+        released = False
+
+        def stream(self, amt: Any = None, decode_content: Any = None) -> Any:
+            return iter(lines)
+
+        def release_conn(self) -> None:
+            Response.released = True
+
+    class Api:
+        def call_api(self, url: str, method: str, **_: Any) -> Response:
+            assert "watch=true" in url and "fieldSelector=metadata.name%3Dl" in url
+            return Response()
+
+    monkeypatch.setattr(k8s, "_api", lambda: Api())
+    events = []
+    with pytest.raises(k8s.ApiError) as gone:
+        for event in k8s.watch("/apis/coordination.k8s.io/v1/namespaces/n/leases", {"fieldSelector": "metadata.name=l"}):
+            events.append(event)
+    assert events == [("ADDED", {"metadata": {"name": "l"}}), ("MODIFIED", {"spec": {}})]
+    assert gone.value.status == 410 and Response.released

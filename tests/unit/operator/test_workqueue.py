@@ -5,9 +5,12 @@ The clock is injected and every `get` is non-blocking, so no outcome depends on 
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from finetune_operator.ratelimit import TokenBucket, WriteBudget
+from finetune_operator.ratelimit import CRITICAL, LOW, NORMAL, PriorityTokenBucket, TokenBucket, WriteBudget
+from localcluster.waiting import until
 from finetune_operator.workqueue import WorkQueue
 
 
@@ -105,6 +108,47 @@ def test_token_bucket_allows_a_burst_then_the_rate(clock: Clock) -> None:
     clock.now += 10  # idle time refills only up to the burst
     assert [bucket.acquire() for _ in range(3)] == [0, 0, 0]
     assert bucket.acquire() > 0
+
+
+def test_priority_bucket_allows_a_burst_then_waits(clock: Clock) -> None:
+    bucket = PriorityTokenBucket(rate=10, burst=3, clock=clock)
+    assert [bucket.acquire(LOW) for _ in range(3)] == [0, 0, 0]
+    clock.now += 0.1  # one token back
+    assert bucket.acquire(NORMAL) == 0
+    clock.now += 10  # idle time refills only up to the burst
+    assert [bucket.acquire() for _ in range(3)] == [0, 0, 0]
+    assert bucket.waiting() == 0
+    with pytest.raises(ValueError):
+        PriorityTokenBucket(rate=0, burst=1)
+
+
+def test_priority_bucket_serves_critical_before_waiting_low_requests(clock: Clock) -> None:
+    """The clock stands still, so nobody gets a token until the test hands one out."""
+    bucket = PriorityTokenBucket(rate=10, burst=1, clock=clock)
+    bucket.acquire()  # the bucket is empty now
+    served: list[str] = []
+    lock = threading.Lock()
+
+    def request(name: str, level: int) -> None:
+        bucket.acquire(level)
+        with lock:
+            served.append(name)
+
+    threads = []
+    for name, level in (("low-1", LOW), ("low-2", LOW), ("normal", NORMAL), ("critical", CRITICAL)):
+        thread = threading.Thread(target=request, args=(name, level), daemon=True)
+        thread.start()
+        threads.append(thread)
+        count = len(threads)
+        until(lambda n=count: bucket.waiting() == n, 10, f"{count} requests waiting", interval=0.01)
+    for n in range(1, 5):
+        clock.now += 0.1  # exactly one more token
+        bucket.wake()
+        until(lambda n=n: len(served) == n, 10, f"{n} requests served", interval=0.01)
+        assert bucket.waiting() == 4 - n  # one token, one request: never two
+    for thread in threads:
+        thread.join(timeout=10)
+    assert served == ["critical", "normal", "low-1", "low-2"]  # by priority, then first come first served
 
 
 def test_write_budget_per_job_interval(clock: Clock) -> None:
