@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 
-.PHONY: all venv control-plane tools luahealth kwok bench-scale test test-unit cluster-up cluster-down demo crds lint clean
+.PHONY: all venv control-plane tools luahealth kwok bench-scale bench-faults test test-unit cluster-up cluster-down demo crds lint clean
 
 all: test
 
@@ -40,7 +40,7 @@ kwok:
 	bash localcluster/build-kwok.sh >/dev/null
 
 test: venv control-plane tools luahealth kwok
-	$(BIN)/python -m pytest -p no:cacheprovider tests
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=25 tests
 
 test-unit: venv tools luahealth
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
@@ -49,6 +49,10 @@ test-unit: venv tools luahealth
 # "--nodes 50 --jobs 20 --train-seconds 60" or "--operator-src ../other-tree/operator --label after".
 bench-scale: venv control-plane kwok
 	$(BIN)/python bench/scale_bench.py $(BENCH_ARGS)
+
+# The long fault run: a trainer pod deleted five times (make test deletes it twice); not a test of timing.
+bench-faults: venv control-plane tools
+	FTO_FAULT_DELETIONS=5 $(BIN)/python -m pytest -p no:cacheprovider -s tests/integration/test_recovery.py -k again_and_again
 
 cluster-up: venv control-plane
 	$(BIN)/python -m localcluster up --with-s3

@@ -9,6 +9,7 @@ it. The old trainer keeps running on the lost node, a zombie, until the fence st
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from pathlib import Path
@@ -89,13 +90,14 @@ def _adapter(s3_client: Any, name: str, uid: str) -> dict[str, Any]:
     return dict(load(s3_client.get_object(Bucket=BUCKET, Key=key)["Body"].read()))
 
 
-def test_a_trainer_pod_deleted_five_times_ends_like_an_uninterrupted_run(
+def test_a_trainer_pod_deleted_again_and_again_ends_like_an_uninterrupted_run(
         jobs: Jobs, start_operator: Any, s3_client: Any, local_cluster: ClusterInfo) -> None:
-    """Five deletions at random steps, plain deletes and evictions mixed; the same job without them
-    runs alongside. Each resume redoes at most one checkpoint interval, the adapters agree."""
+    """Deletions at random steps, plain deletes and evictions alternating; the same job without them
+    runs alongside. Each resume redoes at most one checkpoint interval, the adapters agree.
+    `make test` deletes twice (one of each); `make bench-faults` five times (FTO_FAULT_DELETIONS)."""
     start_operator(trainer_image="ghcr.io/finetune-operator/trainer:test-slow")
     interval = 4
-    training = {"maxSteps": 30, "microBatchSize": 2, "gradientAccumulation": 1, "learningRate": "1e-3",
+    training = {"maxSteps": 8 + 5 * DELETIONS, "microBatchSize": 2, "gradientAccumulation": 1, "learningRate": "1e-3",
                 "checkpoint": {"everySteps": interval, "keep": 2}}
     steady, hit = unique("steady"), unique("deleted")
     uids = {n: jobs.create(manifest(n, training=training, runPolicy={"backoffLimit": 0}))["metadata"]["uid"]
@@ -103,7 +105,7 @@ def test_a_trainer_pod_deleted_five_times_ends_like_an_uninterrupted_run(
     rng = random.Random(20261201)
     seen = 0
     deleted: list[tuple[str, int]] = []  # (pod, progress step seen just before its deletion)
-    for how in ("delete", "evict", "delete", "evict", "delete"):
+    for how in (("delete", "evict") * DELETIONS)[:DELETIONS]:
         target = seen + rng.randint(2, 4)
         pod = until(lambda: (p := _running_pod(jobs, hit)) is not None and _progress_step(jobs, hit) >= target
                     and p, 300, f"{hit} training past step {target}")
@@ -120,7 +122,7 @@ def test_a_trainer_pod_deleted_five_times_ends_like_an_uninterrupted_run(
     final = jobs.wait_state(hit, "Succeeded", timeout=600)["status"]
     jobs.wait_state(steady, "Succeeded", timeout=300)
     # backoffLimit 0: any deletion counted as a failure would have failed the Job.
-    assert (final["attempts"], final["disruptions"]) == (6, 5)
+    assert (final["attempts"], final["disruptions"]) == (DELETIONS + 1, DELETIONS)
 
     # Redone steps: where each attempt got to (at least the step seen, or the checkpoint it saved on
     # SIGTERM) against where the next one resumed (its log).
@@ -136,7 +138,7 @@ def test_a_trainer_pod_deleted_five_times_ends_like_an_uninterrupted_run(
     for (pod, step_seen), text, resumed in zip(deleted, logs, resumes, strict=True):
         saved = [int(s) for s in re.findall(r"checkpoint (\d+) complete at", text)]
         redone.append(max([step_seen, *saved]) - resumed)
-    print(f"steps redone after each of the 5 deletions: {redone} (checkpoint interval {interval})")
+    print(f"steps redone after each of the {DELETIONS} deletions: {redone} (checkpoint interval {interval})")
     assert all(0 <= r <= interval for r in redone), redone
 
     # Same steps, same data order: the adapters agree tensor by tensor.
@@ -153,4 +155,5 @@ def test_a_trainer_pod_deleted_five_times_ends_like_an_uninterrupted_run(
 # 0.141 (4.1 %) after five resumes: NOT bit-exact, an open question in issue 12's note. 10 % of the
 # largest weight still catches a resume that restarts from scratch, skips or repeats data.
 ADAPTER_TOLERANCE = 0.10
+DELETIONS = int(os.environ.get("FTO_FAULT_DELETIONS", "2"))
 
