@@ -16,7 +16,7 @@ import math
 import os
 import random
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, BinaryIO
@@ -192,6 +192,18 @@ def _check_str(value: Any, path: str, errors: list[str]) -> str | None:
 
 
 ROLES = ("system", "user", "assistant", "tool")
+
+
+def _check_choice(value: Any, path: str, choices: Mapping[str, str], errors: list[str], fold_case: bool = False) -> str | None:
+    """What a string field names (choices maps accepted spellings to their meaning), or None with the error."""
+    if not isinstance(value, str):
+        errors.append(f"{path} must be a string, got {_type_name(value)}")
+        return None
+    chosen = choices.get(value.lower() if fold_case else value)
+    if chosen is None:
+        errors.append(f"{path} is not one of {', '.join(sorted(choices) if fold_case else choices)}")
+    return chosen
+
 # Content-part types that carry something other than text (OpenAI and Hugging Face names).
 NON_TEXT_PARTS = ("image_url", "image", "input_image", "input_audio", "audio", "video", "file")
 
@@ -320,12 +332,8 @@ def _validate_messages(messages: Any, field_name: str = "messages") -> tuple[lis
         if not isinstance(m, dict):
             errors.append(f"{path} must be an object, got {_type_name(m)}")
             continue
-        role = m.get("role")
-        if not isinstance(role, str):
-            errors.append(f"{path}.role must be a string, got {_type_name(role)}")
-            continue
-        if role not in ROLES:
-            errors.append(f"{path}.role is not one of {', '.join(ROLES)}")
+        role = _check_choice(m.get("role"), f"{path}.role", {r: r for r in ROLES}, errors)
+        if role is None:
             continue
         n_before = len(errors)
         msg: dict[str, Any] = {"role": role}
@@ -391,13 +399,8 @@ def _convert_sharegpt(obj: dict[str, Any]) -> tuple[list[dict[str, str]] | None,
         if not isinstance(turn, dict):
             errors.append(f"{path} must be an object, got {_type_name(turn)}")
             continue
-        speaker = turn.get("from")
-        if not isinstance(speaker, str):
-            errors.append(f"{path}.from must be a string, got {_type_name(speaker)}")
-            continue
-        role = SHAREGPT_ROLES.get(speaker.lower())
+        role = _check_choice(turn.get("from"), f"{path}.from", SHAREGPT_ROLES, errors, fold_case=True)
         if role is None:
-            errors.append(f"{path}.from is not one of {', '.join(sorted(SHAREGPT_ROLES))}")
             continue
         messages.append({"role": role, "content": turn.get("value")})
     if errors:
