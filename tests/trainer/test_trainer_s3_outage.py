@@ -166,8 +166,8 @@ class StopOnUpload:
             if restart:
                 self.restarting = True
         if restart:
-            self.server.start()
-            with self.lock:
+            with self.lock:  # no stop (a trigger) before the start is over
+                self.server.start()
                 self.refused, self.restarting = 0, False
                 self.down.clear()
 
@@ -233,7 +233,10 @@ def test_s3_stopped_during_checkpoint_and_adapter_uploads_then_back(harness, tin
         marked = [k for k in keys if k.startswith(prefix + "checkpoints/") and k.endswith("/_COMPLETE")]
         assert marked, keys
         for marker in marked:
-            assert marker.replace("_COMPLETE", "adapter_model.safetensors") in keys, (marker, keys)
+            # the marker names the directory of the attempt that wrote the checkpoint (fencing)
+            files_dir = marker.removesuffix("_COMPLETE") + _json.loads(
+                client.get_object(Bucket="runs", Key=marker)["Body"].read()).get("dir", "").rstrip("/")
+            assert files_dir.rstrip("/") + "/adapter_model.safetensors" in keys, (marker, keys)
     finally:
         proxy.close()
         server.stop()
