@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from localcluster.s3 import SeaweedS3
-from localcluster.waiting import until
 
 from finetune_trainer import storage
 from finetune_trainer.errors import ExitCode, StorageRetryable, classify
@@ -96,7 +95,6 @@ class StopOnUpload:
         self.triggers = list(triggers)
         self.refusals = refusals
         self.refused = 0
-        self.restarting = False
         self.outages: list[str] = []
         self.down = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -144,12 +142,13 @@ class StopOnUpload:
                     with self.lock:
                         fire = hit in self.triggers
                         if fire:
+                            # marked down before the stop begins, so nobody (the test included)
+                            # takes a server that is shutting down for one that is up
                             self.triggers.remove(hit)
-                    if fire:
-                        with self.lock:  # no restart before the stop is over
-                            self.server.stop()
                             self.down.set()
                             self.outages.append(hit.decode())
+                            self.server.stop()
+                    if fire:
                         break
                 up.sendall(chunk)
         except OSError:
@@ -160,16 +159,22 @@ class StopOnUpload:
 
     def _refuse(self, conn: Any) -> None:
         conn.close()
-        with self.lock:
+        with self.lock:  # one stop or start at a time; a second refusal waits for the start
             self.refused += 1
-            restart = self.down.is_set() and self.refused >= self.refusals and not self.restarting
-            if restart:
-                self.restarting = True
-        if restart:
-            with self.lock:  # no stop (a trigger) before the start is over
-                self.server.start()
-                self.refused, self.restarting = 0, False
-                self.down.clear()
+            if self.down.is_set() and self.refused >= self.refusals:
+                self._start_locked()
+
+    def restore(self) -> None:
+        """SeaweedFS up again, whether or not the trainer was refused enough times to restart it
+        (a trainer that gave up at once never was)."""
+        with self.lock:
+            if self.down.is_set():
+                self._start_locked()
+
+    def _start_locked(self) -> None:
+        self.server.start()
+        self.refused = 0
+        self.down.clear()
 
     def close(self) -> None:
         self.listener.close()
@@ -220,7 +225,7 @@ def test_s3_stopped_during_checkpoint_and_adapter_uploads_then_back(harness, tin
             assert out.returncode == 14, out.stderr[-5000:]
             term = harness.termination("outage")
             assert term["class"] == "StorageRetryable" and term["message"].startswith("S3 unreachable"), term
-            until(lambda: not proxy.down.is_set(), 300, "SeaweedFS started again")
+            proxy.restore()
             assert _manifest_points_at_a_complete_adapter(server, harness.prefix(cfg))
         assert codes[-1] == 0, codes
         assert [o.removeprefix(run) for o in proxy.outages] == ["checkpoints/checkpoint-2/", "adapter/"], proxy.outages
