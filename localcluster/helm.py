@@ -3,12 +3,12 @@ every-key values file (``ci/full-values.yaml``): one place for the unit and inte
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from localcluster import tools
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "finetune-operator"
@@ -20,32 +20,13 @@ HELM_VERSION = "3.22.0"
 KUBE_VERSION = "1.36.3"
 
 
-class HelmError(RuntimeError):
+class HelmError(tools.ToolError):
     """helm could not be found or built."""
 
 
 def locate() -> Path:
-    """``$FTO_HELM``, else the cached pinned build, else build it with ``charts/build-helm.sh``."""
-    explicit = os.environ.get("FTO_HELM")
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            raise HelmError(f"FTO_HELM={explicit} is not an executable file")
-        return Path(explicit)
-    cache = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator"))
-    cached = cache / "tools" / f"helm-v{HELM_VERSION}" / "helm"
-    if os.access(cached, os.X_OK):
-        return cached
-    try:
-        proc = subprocess.run(["bash", str(BUILD_SCRIPT)], env={**os.environ, "HELM_VERSION": HELM_VERSION},
-                              text=True, capture_output=True, timeout=1800)
-    except subprocess.TimeoutExpired as exc:
-        raise HelmError("charts/build-helm.sh did not finish within 30 minutes") from exc
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise HelmError(f"helm is not installed and charts/build-helm.sh failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    built = Path(proc.stdout.strip().splitlines()[-1])
-    if not os.access(built, os.X_OK):
-        raise HelmError(f"charts/build-helm.sh printed {built}, which is not an executable")
-    return built
+    """``$FTO_HELM``, else the pinned build of ``charts/build-helm.sh`` (building it once)."""
+    return tools.locate("helm", "FTO_HELM", BUILD_SCRIPT, error=HelmError, env={"HELM_VERSION": HELM_VERSION})
 
 
 def full_values() -> dict[str, Any]:

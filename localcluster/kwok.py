@@ -16,7 +16,6 @@ once deleted (``pod-delete``). Nothing here ends a running pod: whoever plays th
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from localcluster import tools
 from localcluster.fleet import Gpu, NodeSpec
 from localcluster.procs import ProcessTable, _stat_fields
 
@@ -173,24 +173,13 @@ spec:
 STAGES = _STAGES.replace("      @node-conditions@\n", _NODE_CONDITIONS)
 
 
-class KwokError(RuntimeError):
+class KwokError(tools.ToolError):
     """kwok could not be built or started; the message says why."""
 
 
 def locate_kwok() -> Path:
     """The kwok binary: ``$FTO_KWOK`` or the cached build of ``build-kwok.sh`` (built on first use)."""
-    override = os.environ.get("FTO_KWOK")
-    if override:
-        path = Path(override)
-    else:
-        proc = subprocess.run(["bash", str(BUILD_SCRIPT)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise KwokError(f"{BUILD_SCRIPT} failed (exit {proc.returncode}); kwok is built with the Go "
-                            f"toolchain through the Go module proxy:\n{proc.stderr[-3000:]}")
-        path = Path(proc.stdout.strip().splitlines()[-1])
-    if not os.access(path, os.X_OK):
-        raise KwokError(f"kwok is not an executable at {path}; run `bash {BUILD_SCRIPT}`")
-    return path
+    return tools.locate("kwok", "FTO_KWOK", BUILD_SCRIPT, error=KwokError)
 
 
 def gpu_fleet(gpu_nodes: int, cpu_nodes: int = 2, prefix: str = "kwok") -> list[NodeSpec]:

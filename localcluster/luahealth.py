@@ -4,7 +4,6 @@ through the small Go harness in ``tools/luahealth`` (built once and cached by it
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,30 +11,22 @@ from typing import Any
 
 import yaml
 
+from localcluster import tools
+
 REPO = Path(__file__).resolve().parents[1]
 HARNESS = REPO / "tools" / "luahealth"
 CHECK_DIR = REPO / "charts" / "finetune-operator" / "files" / "argocd" / "resource_customizations" / "finetune.dev" / "FineTuneJob"
 HEALTH_LUA = CHECK_DIR / "health.lua"
 
 
-class HarnessError(RuntimeError):
+class HarnessError(tools.ToolError):
     """The harness could not be built or run."""
 
 
 def harness() -> Path:
     """``$FTO_LUAHEALTH``, else the cached build of ``tools/luahealth/build.sh`` (building it once)."""
-    explicit = os.environ.get("FTO_LUAHEALTH")
-    if explicit:
-        if not os.access(explicit, os.X_OK):
-            raise HarnessError(f"FTO_LUAHEALTH={explicit} is not an executable file")
-        return Path(explicit)
-    try:
-        proc = subprocess.run(["bash", str(HARNESS / "build.sh")], text=True, capture_output=True, timeout=900)
-    except subprocess.TimeoutExpired as exc:
-        raise HarnessError("tools/luahealth/build.sh did not finish within 15 minutes") from exc
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise HarnessError(f"tools/luahealth/build.sh failed ({proc.returncode}): {proc.stderr[-3000:]}")
-    return Path(proc.stdout.strip().splitlines()[-1])
+    return tools.locate("the Argo CD health-check harness", "FTO_LUAHEALTH", HARNESS / "build.sh",
+                        error=HarnessError, timeout=900)
 
 
 def evaluate(objects: Iterable[dict[str, Any]], script: Path = HEALTH_LUA, binary: Path | None = None) -> list[dict[str, str]]:

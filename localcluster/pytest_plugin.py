@@ -41,6 +41,7 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from localcluster import helm as helm_tool
+from localcluster import luahealth, tools
 from localcluster.cluster import ClusterInfo, dead_components, default_state_dir, down, is_up, up
 from localcluster.controlplane import ControlPlaneError, load_endpoints
 from localcluster.kubeconfig import write_kubeconfig
@@ -125,12 +126,23 @@ def kubectl(kubeconfig: Path) -> Kubectl:
     return Kubectl(kubeconfig)
 
 
+def _tool(locate: Callable[[], Path]) -> Path:
+    """A tool the tests need, or a failure that says why it is missing (never a skip)."""
+    try:
+        return locate()
+    except tools.ToolError as e:
+        pytest.fail(str(e), pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def helm() -> Path:
-    try:
-        return helm_tool.locate()
-    except helm_tool.HelmError as e:
-        pytest.fail(str(e), pytrace=False)
+    return _tool(helm_tool.locate)
+
+
+@pytest.fixture(scope="session")
+def luahealth_harness() -> Path:
+    """The gopher-lua harness that runs the chart's Argo CD health check as Argo CD does."""
+    return _tool(luahealth.harness)
 
 
 @pytest.fixture(scope="session")

@@ -92,9 +92,8 @@ def _expected(obj: dict[str, Any]) -> tuple[str, str]:
 
 
 def test_health_of_every_status_the_operator_writes(
-    jobs: Jobs, start_operator: Any, k8s_api: client.ApiClient, job_namespace: str
+    jobs: Jobs, start_operator: Any, k8s_api: client.ApiClient, job_namespace: str, luahealth_harness: Path
 ) -> None:
-    binary = luahealth.harness()
     recorder = Recorder(k8s_api, job_namespace).start()
     try:
         until(lambda: recorder.thread.is_alive(), timeout=5, what="the watch to start")
@@ -127,7 +126,7 @@ def test_health_of_every_status_the_operator_writes(
                for o in captured[happy]), "no Running status with progress was captured"
 
     objects = [o for versions in captured.values() for o in versions]
-    results = luahealth.evaluate(objects, binary=binary)
+    results = luahealth.evaluate(objects, binary=luahealth_harness)
     wrong = []
     for obj, result in zip(objects, results, strict=True):
         health, text = _expected(obj)

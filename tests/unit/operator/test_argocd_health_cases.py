@@ -17,17 +17,9 @@ from localcluster import luahealth
 CASES = luahealth.load_cases()
 
 
-@pytest.fixture(scope="module")
-def binary() -> Path:
-    try:
-        return luahealth.harness()
-    except luahealth.HarnessError as exc:
-        pytest.fail(str(exc), pytrace=False)
-
-
 @pytest.mark.parametrize(("path", "obj", "expected"), CASES, ids=[c[0].removeprefix("testdata/") for c in CASES])
-def test_health_test_yaml_case(path: str, obj: dict[str, Any], expected: dict[str, str], binary: Path) -> None:
-    [result] = luahealth.evaluate([obj], binary=binary)
+def test_health_test_yaml_case(path: str, obj: dict[str, Any], expected: dict[str, str], luahealth_harness: Path) -> None:
+    [result] = luahealth.evaluate([obj], binary=luahealth_harness)
     assert result == expected, f"{path}: {result}"
 
 
@@ -42,12 +34,12 @@ def test_every_testdata_file_is_a_case() -> None:
     assert files == {c[0] for c in CASES}
 
 
-def test_harness_keeps_argo_cds_contract(binary: Path, tmp_path: Path) -> None:
+def test_harness_keeps_argo_cds_contract(luahealth_harness: Path, tmp_path: Path) -> None:
     """What Argo CD does with scripts that break the contract, so the harness cannot pass a bad check."""
     def run(script: str) -> dict[str, str]:
         path = tmp_path / "check.lua"
         path.write_text(script)
-        [result] = luahealth.evaluate([{"kind": "FineTuneJob"}], script=path, binary=binary)
+        [result] = luahealth.evaluate([{"kind": "FineTuneJob"}], script=path, binary=luahealth_harness)
         return result
 
     assert run('return {status = "Healthy", message = obj.kind}') == {"status": "Healthy", "message": "FineTuneJob"}
