@@ -123,6 +123,21 @@ def child(kind: str, name: str, uid: str, owner: str, **extra: Any) -> dict[str,
     return obj
 
 
+H100_NODE: dict[str, Any] = {"metadata": {"name": "gpu-0", "labels": {
+    "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.count": "1",
+    "nvidia.com/gpu.compute.major": "9", "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.family": "hopper"}},
+    "status": {"allocatable": {"nvidia.com/gpu": "1"}}}
+
+
+def inspected_pod(owner: str) -> dict[str, Any]:
+    """The inspection pod of llama-chat, finished, with the architecture it read."""
+    return child("Pod", naming.inspection_pod("llama-chat"), "ip", owner, spec={"containers": [{}]}, status={
+        "phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": json.dumps(
+            {"architecture": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+                              "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                              "vocab_size": 400}})}}}]})
+
+
 def take(ctl: controller_mod.Controller) -> list[tuple[str, str]]:
     keys = []
     while (key := ctl.queue.get(timeout=0)) is not None:
@@ -199,11 +214,7 @@ def test_a_job_missing_from_the_cache_is_checked_before_failing_as_deleted(
         body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
     ctl = make(clock)
     uid = body["metadata"]["uid"]
-    inspect = child("Pod", naming.inspection_pod("llama-chat"), "ip", uid, spec={"containers": [{}]}, status={
-        "phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": json.dumps(
-            {"architecture": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
-                              "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-                              "vocab_size": 400}})}}}]})
+    inspect = inspected_pod(uid)
     ctl.on_child("Pod", inspect)
     ctl.on_child("ConfigMap", child("ConfigMap", naming.inspect_config("llama-chat"), "ic", uid))
     body["status"] = {"state": "Running", "attempts": 1, "observedGeneration": 1}
@@ -295,19 +306,12 @@ def test_the_training_step_creates_only_what_the_inspection_could_not_prepare(
         body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
     ctl = make(clock)
     uid = body["metadata"]["uid"]
-    ctl.on_node({"metadata": {"name": "gpu-0", "labels": {
-        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.count": "1",
-        "nvidia.com/gpu.compute.major": "9", "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.family": "hopper"}},
-        "status": {"allocatable": {"nvidia.com/gpu": "1"}}})
+    ctl.on_node(H100_NODE)
     api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
     ctl.on_ftj(body)
     take(ctl)
     assert ("create", "ServiceAccount") in api.writes()  # prepared while the inspection runs
-    inspect = child("Pod", naming.inspection_pod("llama-chat"), "ip", uid, spec={"containers": [{}]}, status={
-        "phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": json.dumps(
-            {"architecture": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
-                              "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-                              "vocab_size": 400}})}}}]})
+    inspect = inspected_pod(uid)
     ctl.on_child("Pod", inspect)
     take(ctl)
     writes = api.writes()
@@ -320,16 +324,9 @@ def test_a_new_leader_still_creates_the_trainer_access_at_placement(
         body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
     ctl = make(clock)  # nothing prepared by this process: the inspection ran under another leader
     uid = body["metadata"]["uid"]
-    ctl.on_node({"metadata": {"name": "gpu-0", "labels": {
-        "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/gpu.memory": "81559", "nvidia.com/gpu.count": "1",
-        "nvidia.com/gpu.compute.major": "9", "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.family": "hopper"}},
-        "status": {"allocatable": {"nvidia.com/gpu": "1"}}})
+    ctl.on_node(H100_NODE)
     ctl.on_child("ConfigMap", child("ConfigMap", naming.inspect_config("llama-chat"), "ic", uid))
-    ctl.on_child("Pod", child("Pod", naming.inspection_pod("llama-chat"), "ip", uid, spec={"containers": [{}]}, status={
-        "phase": "Succeeded", "containerStatuses": [{"state": {"terminated": {"exitCode": 0, "message": json.dumps(
-            {"architecture": {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
-                              "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
-                              "vocab_size": 400}})}}}]}))
+    ctl.on_child("Pod", inspected_pod(uid))
     body["status"] = {"state": "Inspecting"}
     api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
     ctl.on_ftj(body)
