@@ -35,7 +35,7 @@ def no_lookup(host: str) -> list[str]:
 
 def system_resolver(host: str) -> list[str]:
     """Every address the host resolves to (empty when it does not resolve); cached for a minute,
-    since the operator checks every job's endpoint on each visit."""
+    since the operator checks each new job's endpoint before launching it."""
     return list(_resolve_cached(host, int(time.monotonic() // 60)))
 
 

@@ -199,7 +199,9 @@ def _decide(obs: Observed, config: OperatorConfig, st: _Status, result: Plan) ->
         st.fail(cond.INVALID_SPEC, "; ".join(parsed.errors))
         return
     spec = parsed.spec
-    errors = policy_errors(spec, config, obs.resolve)
+    # Names are looked up only before the training Job exists: the check guards what is launched,
+    # and a running job is not failed as InvalidSpec because a DNS answer changed under it.
+    errors = policy_errors(spec, config, obs.resolve if obs.job is None else reach.no_lookup)
     if errors:
         st.condition(cond.VALIDATED, False, cond.INVALID_SPEC, "; ".join(errors))
         st.fail(cond.INVALID_SPEC, "; ".join(errors))

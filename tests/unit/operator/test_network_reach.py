@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator import builders, reach, reconcile
+from finetune_operator import builders, cache, reach, reconcile
 from finetune_operator.api import FineTuneJobSpec
 from finetune_operator.config import OperatorConfig
 
@@ -67,6 +67,28 @@ def test_the_operator_refuses_a_job_whose_allowed_endpoint_resolves_to_metadata(
     bad_default = OperatorConfig.model_validate({"s3": {"endpoint": "http://169.254.169.254"}})
     (error,) = reconcile.policy_errors(FineTuneJobSpec.model_validate(body["spec"]), bad_default, fake_resolve)
     assert error.startswith("the operator's s3.endpoint: the host '169.254.169.254'")
+
+
+def test_names_are_looked_up_before_launch_not_on_every_visit_of_a_running_job(body: dict[str, Any]) -> None:
+    config = OperatorConfig.model_validate({"s3": {"endpoint": "http://s3.internal:8333",
+                                                   "allowed_endpoints": ["http://metadata.evil.example:8333"]}})
+    body["spec"]["output"]["endpoint"] = "http://metadata.evil.example:8333"
+    looked_up: list[str] = []
+
+    def resolve(host: str) -> list[str]:
+        looked_up.append(host)
+        return fake_resolve(host)
+
+    new = reconcile.plan(reconcile.Observed(body=body, resolve=resolve), config).status_data()
+    assert new["state"] == "Failed" and new["failure"]["reason"] == "InvalidSpec"
+    assert looked_up == ["metadata.evil.example"]
+    # the same spec with its training Job running (launched before the name changed its answer)
+    job = cache.job_facts({"metadata": {"name": "llama-chat-train", "uid": "j1"}, "spec": {"suspend": False},
+                           "status": {"active": 1}})
+    body["status"] = {"state": "Running", "attempts": 1, "observedGeneration": 1}
+    running = reconcile.plan(reconcile.Observed(body=body, job=job, resolve=resolve), config).status_data()
+    assert running["state"] != "Failed", running
+    assert looked_up == ["metadata.evil.example"], "a running job's endpoint was looked up again"
 
 
 def test_hf_endpoint_and_s3_retries_come_from_the_operator_configuration(body: dict[str, Any]) -> None:
