@@ -99,6 +99,19 @@ def main() -> int:
     per_sweep, _ = rate(all_estimates, args.seconds)
     print(f"estimate only:                         {per_sweep * len(archs):,.0f} estimates/s "
           f"({1e6 / (per_sweep * len(archs)):.1f} us/estimate)")
+    # Every placement writes the trainer's ConfigMap (train.yaml): the YAML emitter, side by side.
+    import yaml
+
+    from finetune_operator import builders
+    from finetune_operator.config import OperatorConfig
+
+    job_spec, job_arch = validated[0]
+    meta = {"name": "bench", "namespace": "bench", "uid": "00000000-0000-0000-0000-000000000000", "generation": 1}
+    decision = placement.plan(job_spec, job_arch, inventory)  # type: ignore[arg-type]
+    train = builders.trainer_config(job_spec, meta, OperatorConfig(), decision.status_fields()["resolved"])
+    for label, dumper in (("pure-Python SafeDumper", yaml.SafeDumper), ("libyaml CSafeDumper", builders._DUMPER)):
+        per_call, _ = rate(lambda d=dumper: yaml.dump(train, Dumper=d, sort_keys=True), args.seconds)  # type: ignore[misc]
+        print(f"train.yaml dump, {label:22s} {1e3 / per_call:.3f} ms")
     states: dict[str, int] = {}
     for state in fits.values():
         states[state] = states.get(state, 0) + 1

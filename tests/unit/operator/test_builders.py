@@ -102,6 +102,8 @@ def test_trainer_config_carries_resolved_values_and_the_run_identity(body: dict[
     spec = FineTuneJobSpec.model_validate(body["spec"])
     cm = builders.trainer_configmap(body, spec, CONFIG, RESOLVED)
     cfg = yaml.safe_load(cm["data"]["train.yaml"])
+    # what the trainer reads back is what was built, whichever YAML emitter wrote it
+    assert cfg == builders.trainer_config(spec, body["metadata"], CONFIG, RESOLVED)
     assert cm["immutable"] is True
     assert cfg["per_device_train_batch_size"] == 2 and cfg["gradient_accumulation_steps"] == 8
     assert cfg["lora_alpha"] == 32 and cfg["lora_target_modules"] == ["q_proj", "v_proj"]
