@@ -408,6 +408,9 @@ class Controller:
             state["nodes_at"] = now + self.config.node_batch_seconds
             if leading:
                 self.enqueue_all(_waiting_for_capacity)
+        if "gauges" not in state:  # at once: a scrape right after start-up sees every state's count
+            state["gauges"] = True
+            self.update_gauges()
         if now >= state.setdefault("resync_at", now + self.config.resync_seconds):
             state["resync_at"] = now + self.config.resync_seconds
             if leading:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from finetune_operator import controller as controller_mod
-from finetune_operator import gpus, k8s, naming
+from finetune_operator import gpus, k8s, naming, observability
 from finetune_operator.config import OperatorConfig
 from finetune_operator.ratelimit import CRITICAL, LOW, NORMAL
 
@@ -262,6 +262,19 @@ def test_a_new_leader_queues_every_unfinished_job_once(body: dict[str, Any], api
     assert len(ctl.queue) == 1
     ctl.tick(clock.now + 0.25, state)
     assert len(ctl.queue) == 1  # once, not on every tick
+
+
+def test_the_job_gauges_are_published_on_the_first_tick_not_after_a_resync(
+        body: dict[str, Any], clock: Clock) -> None:
+    from prometheus_client import REGISTRY
+
+    ctl = make(clock, resync_seconds=600.0)
+    body["status"] = {"state": "Running"}
+    ctl.on_ftj(body)
+    observability.JOBS_BY_STATE.clear()
+    ctl.tick(clock.now, {})
+    assert REGISTRY.get_sample_value("finetune_jobs", {"state": "Running"}) == 1
+    assert REGISTRY.get_sample_value("finetune_jobs", {"state": "Failed"}) == 0
 
 
 def test_node_changes_are_batched(body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
