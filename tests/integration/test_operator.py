@@ -135,28 +135,6 @@ def test_70b_qlora_gets_an_affinity_the_scheduler_honours(jobs: Jobs, start_oper
     jobs.delete(name)
 
 
-def test_eviction_is_retried_without_a_failure_and_resumes(jobs: Jobs, start_operator: Any, s3_client: Any) -> None:
-    start_operator(trainer_image="ghcr.io/finetune-operator/trainer:test-slow")
-    name = unique("evict")
-    body = manifest(name, training={"maxSteps": 12, "microBatchSize": 2, "gradientAccumulation": 1,
-                                    "learningRate": "1e-3", "checkpoint": {"everySteps": 2, "keep": 2}},
-                    runPolicy={"backoffLimit": 0})
-    uid = jobs.create(body)["metadata"]["uid"]
-    jobs.wait(name, lambda b: ((b.get("status") or {}).get("lastCheckpoint") or {}).get("step", 0) >= 2,
-              400, "a first checkpoint")
-    pod = next(p for p in jobs.pods("app.kubernetes.io/component=training") if p.status.phase == "Running")
-    jobs.core.create_namespaced_pod_eviction(pod.metadata.name, jobs.namespace, {
-        "apiVersion": "policy/v1", "kind": "Eviction",
-        "metadata": {"name": pod.metadata.name, "namespace": jobs.namespace}})
-    final = jobs.wait_state(name, "Succeeded", timeout=600)["status"]
-    # backoffLimit 0: had the eviction counted as a failure, the Job would have failed.
-    assert final["attempts"] >= 2
-    assert final["lastDisruption"]["reason"] in ("EvictionByEvictionAPI", "Interrupted")
-    logs = _pod_logs(jobs, name)
-    assert "resum" in logs.lower(), "the second attempt did not resume from the checkpoint"
-    assert s3_keys(s3_client, f"adapters/{name}-{uid}/adapter/manifest.json")
-
-
 def _pod_logs(jobs: Jobs, name: str) -> str:
     out = []
     for pod in jobs.pods(f"finetune.dev/job={name}"):
@@ -302,24 +280,6 @@ def test_the_lease_is_watched_in_its_own_namespace_whatever_namespaces_are_serve
         assert op.health()[0] == 200
     finally:
         ignore_404(lambda: coordination.delete_namespaced_lease(lease, "default"))
-
-
-def test_plain_pod_deletion_is_interrupted_and_resumed(jobs: Jobs, start_operator: Any) -> None:
-    """`kubectl delete pod` (no eviction, no DisruptionTarget): the trainer checkpoints on SIGTERM and
-    exits with the interrupted code, which the Job's podFailurePolicy ignores; the next pod resumes."""
-    start_operator(trainer_image="ghcr.io/finetune-operator/trainer:test-slow")
-    name = unique("delete-pod")
-    jobs.create(manifest(name, training={"maxSteps": 12, "microBatchSize": 2, "gradientAccumulation": 1,
-                                         "learningRate": "1e-3", "checkpoint": {"everySteps": 2, "keep": 2}},
-                         runPolicy={"backoffLimit": 0}))
-    jobs.wait(name, lambda b: ((b.get("status") or {}).get("lastCheckpoint") or {}).get("step", 0) >= 2,
-              400, "a first checkpoint")
-    pod = next(p for p in jobs.pods("app.kubernetes.io/component=training") if p.status.phase == "Running")
-    jobs.core.delete_namespaced_pod(pod.metadata.name, jobs.namespace)
-    final = jobs.wait_state(name, "Succeeded", timeout=600)["status"]
-    assert final["attempts"] >= 2
-    assert final["lastDisruption"]["reason"] == "Interrupted"
-    assert "resum" in _pod_logs(jobs, name).lower()
 
 
 def test_new_gpu_capacity_starts_a_waiting_job(jobs: Jobs, start_operator: Any, k8s_api: Any) -> None:

@@ -93,7 +93,8 @@ def _adapter(s3_client: Any, name: str, uid: str) -> dict[str, Any]:
 def test_a_trainer_pod_deleted_again_and_again_ends_like_an_uninterrupted_run(
         jobs: Jobs, start_operator: Any, s3_client: Any, local_cluster: ClusterInfo) -> None:
     """Deletions at random steps, plain deletes and evictions alternating; the same job without them
-    runs alongside. Each resume redoes at most one checkpoint interval, the adapters agree.
+    runs alongside. None counts as a failure (backoffLimit 0), each is a disruption with its reason,
+    each resume redoes at most one checkpoint interval, the adapters agree.
     `make test` deletes twice (one of each); `make bench-faults` five times (FTO_FAULT_DELETIONS)."""
     start_operator(trainer_image="ghcr.io/finetune-operator/trainer:test-slow")
     interval = 4
@@ -105,6 +106,7 @@ def test_a_trainer_pod_deleted_again_and_again_ends_like_an_uninterrupted_run(
     rng = random.Random(20261201)
     seen = 0
     deleted: list[tuple[str, int]] = []  # (pod, progress step seen just before its deletion)
+    reasons: list[str] = []
     for how in (("delete", "evict") * DELETIONS)[:DELETIONS]:
         target = seen + rng.randint(2, 4)
         pod = until(lambda: (p := _running_pod(jobs, hit)) is not None and _progress_step(jobs, hit) >= target
@@ -117,12 +119,19 @@ def test_a_trainer_pod_deleted_again_and_again_ends_like_an_uninterrupted_run(
                 "apiVersion": "policy/v1", "kind": "Eviction",
                 "metadata": {"name": pod.metadata.name, "namespace": jobs.namespace}})
         deleted.append((pod.metadata.name, seen))
-        until(lambda: (p := _running_pod(jobs, hit)) is None or p.metadata.name != pod.metadata.name, 120,
-              f"{pod.metadata.name} gone")
+        # status says what happened to this pod: a plain delete is the trainer's own SIGTERM exit
+        # (Interrupted); an eviction carries the API server's DisruptionTarget, unless the pod's
+        # exit was seen first
+        last = jobs.wait(hit, lambda b: ((b.get("status") or {}).get("lastDisruption") or {}).get("pod")
+                         == pod.metadata.name, 180, f"{pod.metadata.name}'s disruption in status")["status"]
+        reasons.append(last["lastDisruption"]["reason"])
+        assert last["disruptions"] == len(deleted), last
     final = jobs.wait_state(hit, "Succeeded", timeout=600)["status"]
     jobs.wait_state(steady, "Succeeded", timeout=300)
     # backoffLimit 0: any deletion counted as a failure would have failed the Job.
     assert (final["attempts"], final["disruptions"]) == (DELETIONS + 1, DELETIONS)
+    for how, reason in zip(("delete", "evict") * DELETIONS, reasons, strict=False):
+        assert reason in (("Interrupted",) if how == "delete" else ("EvictionByEvictionAPI", "Interrupted")), reasons
 
     # Redone steps: where each attempt got to (at least the step seen, or the checkpoint it saved on
     # SIGTERM) against where the next one resumed (its log).
