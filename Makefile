@@ -39,8 +39,9 @@ luahealth:
 kwok:
 	bash localcluster/build-kwok.sh >/dev/null
 
+# Two pytest runs side by side: the cluster tiers and the CPU tiers (tools/run-tests.sh).
 test: venv control-plane tools luahealth kwok
-	$(BIN)/python -m pytest -p no:cacheprovider --durations=25 tests
+	PYTHON=$(BIN)/python bash tools/run-tests.sh
 
 test-unit: venv tools luahealth
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
