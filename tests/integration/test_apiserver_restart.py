@@ -8,6 +8,7 @@ reconnect, and restarting the operator then would gain nothing.
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 from kubernetes import client
 
+from finetune_operator import naming
 from localcluster.cluster import ClusterInfo
 from localcluster.controlplane import restart_component
 from localcluster.operator_runner import OperatorProcess
@@ -28,6 +30,9 @@ from operator_env import (  # noqa: F401 - fixtures
 
 SLOW = "ghcr.io/finetune-operator/trainer:test-slow"
 STALE = 8  # watch_stale_seconds for these tests: shorter than an API server restart here
+# kube-controller-manager's --node-monitor-grace-period (its default; localcluster keeps it), and
+# the simulated kubelets' Lease renewal period (localcluster.nodes).
+NODE_GRACE, NODE_RENEW = 50, 10
 
 
 class HealthLog:
@@ -64,6 +69,12 @@ def _step(body: dict[str, Any]) -> int:
     return int(((body.get("status") or {}).get("progress") or {}).get("step") or 0)
 
 
+def _reported_step(jobs: Jobs, name: str) -> int:
+    """The step in the trainer's progress ConfigMap (ahead of the status, which the operator throttles)."""
+    cm = jobs.core.read_namespaced_config_map(naming.progress(name), jobs.namespace)
+    return int(json.loads((cm.data or {}).get("progress.json") or "{}").get("step") or 0)
+
+
 def _ready_since(node: Any) -> datetime | None:
     ready = next((c for c in node.status.conditions or [] if c.type == "Ready"), None)
     return ready.last_transition_time if ready is not None and ready.status == "True" else None
@@ -73,29 +84,30 @@ def test_an_api_server_restart_is_ridden_out(
         jobs: Jobs, start_operator: Any, local_cluster: ClusterInfo, k8s_api: client.ApiClient) -> None:
     op = start_operator(trainer_image=SLOW, watch_stale_seconds=STALE)
     name = unique("apiserver-restart")
-    max_steps = 16
+    max_steps = 20
     jobs.create(manifest(name, training={"maxSteps": max_steps, "microBatchSize": 2, "gradientAccumulation": 1,
                                          "learningRate": "1e-3", "checkpoint": {"everySteps": 12, "keep": 1}},
                          runPolicy={"backoffLimit": 0}))
     jobs.wait(name, lambda b: (b.get("status") or {}).get("state") == "Running" and _step(b) >= 1,
               300, "Running with progress")
     with HealthLog(op) as health:
+        # What the trainer had reported when the API server went away: every later step reached
+        # its ConfigMap after the restart, and the status only through the operator's resumed
+        # watch (it reads progress from its watch cache, never by a GET).
+        reported_before = _reported_step(jobs, name)
+        assert reported_before < max_steps, "the trainer finished before the restart: it would prove nothing"
         stopped_at = datetime.now(timezone.utc).replace(microsecond=0)
         restart_began = time.monotonic()
         outage = restart_component(local_cluster.state_dir, "kube-apiserver")
-        print(f"kube-apiserver restarted in {outage:.1f}s")
-        back = jobs.get(name)
-        step_when_back = _step(back)
-        assert step_when_back < max_steps, "the job finished during the restart: it proves nothing"
-        # The status moves on after the restart only if the operator's watch of the progress
-        # ConfigMap resumed: the operator reads progress from its watch cache, never by a GET.
-        jobs.wait(name, lambda b: _step(b) > step_when_back, 120, "progress after the restart")
+        step_when_back = _step(jobs.get(name))
+        print(f"kube-apiserver restarted in {outage:.1f}s; trainer at step {reported_before} of {max_steps} "
+              f"before, status at step {step_when_back} once the API server was ready")
+        jobs.wait(name, lambda b: _step(b) > reported_before, 120, "a step reported after the restart in the status")
         final = jobs.wait_state(name, "Succeeded", timeout=300)["status"]
         # Liveness is judged again after the restart settles, not only during it.
         settled = time.monotonic()
         until(lambda: health.first(200, settled), 30, "a fresh health answer")
-    print(f"step {step_when_back} of {max_steps} when the API server answered again; "
-          f"largest watch age seen {max(p.get('watchAgeSeconds', 0) for _, _, p in health.answers)}s")
+    print(f"largest watch age seen {max(p.get('watchAgeSeconds', 0) for _, _, p in health.answers)}s")
     answers = health.answers
     assert answers and answers[0][0] <= restart_began + 1, "the health poll started late"
     assert not health.failures(), (
@@ -107,12 +119,20 @@ def test_an_api_server_restart_is_ridden_out(
     succeeded = next(c for c in final["conditions"] if c["type"] == "Succeeded")
     assert succeeded["status"] == "True"
     assert datetime.fromisoformat(succeeded["lastTransitionTime"].replace("Z", "+00:00")) >= stopped_at
-    # The simulated kubelets' node leases lapsed during the restart for less than the node grace
-    # period: no node was marked NotReady (its Ready condition has not moved since before).
-    nodes = client.CoreV1Api(k8s_api).list_node().items
-    flipped = {n.metadata.name: _ready_since(n) for n in nodes
-               if _ready_since(n) is None or _ready_since(n) >= stopped_at}
-    assert nodes and not flipped, f"nodes not Ready since before the restart: {flipped}"
+    # A node goes NotReady once the node lifecycle controller has seen no Lease renewal for the
+    # grace period; renewals come every NODE_RENEW s, so one may be missed on each side of the
+    # outage. A restart shorter than that leaves every node Ready throughout (its Ready condition
+    # has not moved since before); a longer one (a loaded machine) may flip nodes, which must
+    # then be Ready again.
+    core = client.CoreV1Api(k8s_api)
+    nodes = until(lambda: all(_ready_since(n) for n in core.list_node().items) and core.list_node().items,
+                  60, "every node Ready after the restart")
+    flipped = {n.metadata.name: str(_ready_since(n)) for n in nodes if _ready_since(n) >= stopped_at}
+    if outage < NODE_GRACE - 2 * NODE_RENEW:
+        assert not flipped, f"nodes not Ready throughout a {outage:.1f}s restart: {flipped}"
+    else:
+        print(f"a {outage:.1f}s restart is too close to the {NODE_GRACE}s node grace period to require that "
+              f"no node went NotReady; these did: {flipped or 'none'}")
 
 
 class StallingRelay:
