@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 CONFIG_FILE_ENV = "FINETUNE_OPERATOR_CONFIG"
@@ -115,6 +115,10 @@ class OperatorConfig(BaseModel):
     lease_name: str = "finetune-operator-leader"
     lease_namespace: str = "default"
     lease_duration_seconds: int = Field(default=15, ge=5, le=300)
+    # Liveness fails once the leader Lease's watch has been connected this long without an event
+    # (a stalled, half-open stream); 0: four Lease durations. The leader renews every third of a
+    # Lease duration, so a live watch hears from the API server at least that often.
+    watch_stale_seconds: float = Field(default=0, ge=0, le=3600)
     identity: str = Field(default_factory=lambda: os.environ.get("POD_NAME") or os.uname().nodename)
     # Every unfinished job is re-planned from the watch caches this often (no API reads).
     resync_seconds: float = Field(default=10.0, gt=0)
@@ -133,6 +137,20 @@ class OperatorConfig(BaseModel):
     # --- network reach and storage retries (issue 12)
     network: NetworkSettings = Field(default_factory=NetworkSettings)
     s3_retries: S3Retries = Field(default_factory=S3Retries)
+
+    @field_validator("watch_stale_seconds")
+    @classmethod
+    def _stale_after_renewals(cls, value: float, info: ValidationInfo) -> float:
+        lease = info.data.get("lease_duration_seconds")
+        if value and lease is not None and value < lease:
+            raise ValueError(
+                f"must be 0 (four Lease durations) or at least lease_duration_seconds ({lease}), since the "
+                f"Lease's watch hears an event only at each renewal, every third of a Lease duration (got {value:g})")
+        return value
+
+    def watch_stale_limit(self) -> float:
+        """Seconds of silence on a connected watch after which liveness fails."""
+        return self.watch_stale_seconds or 4.0 * self.lease_duration_seconds
 
     @field_validator("vram_headroom")
     @classmethod

@@ -156,7 +156,7 @@ async def node_event(type: str | None, body: kopf.Body, **_: Any) -> None:
 @kopf.on.probe(id="watchAgeSeconds")
 async def watch_age(**_: Any) -> float:
     age = observability.HEARTBEAT.age()
-    limit = 4 * Runtime.config.lease_duration_seconds
+    limit = Runtime.config.watch_stale_limit()
     if age > limit:
         raise kopf.PermanentError(f"no watch event for {age:.0f}s (limit {limit}s): the watch stream is stale")
     return round(age, 1)

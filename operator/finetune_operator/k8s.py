@@ -123,6 +123,23 @@ def request(
     return json.loads(data) if data else {}
 
 
+def server_refused(exc: BaseException) -> bool:
+    """Did the API server's address refuse (or reset) the connection? Then nothing listens there
+    now (a restart, an outage): unlike a timeout, this is the server's answer, not silence."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        cur = todo.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, (ConnectionRefusedError, ConnectionResetError)):
+            return True
+        reason = getattr(cur, "reason", None)  # urllib3's MaxRetryError keeps the last error here
+        todo += [cur.__cause__, cur.__context__, reason if isinstance(reason, BaseException) else None]
+    return False
+
+
 def watch(path: str, query: dict[str, Any], timeout_seconds: int = 120) -> Iterator[tuple[str, dict[str, Any]]]:
     """Stream one watch request's events as (type, object) until the server ends it.
 

@@ -9,7 +9,10 @@ after `leaseDurationSeconds`, and the next replica takes over.
 Every replica watches its Lease — in the Lease's own namespace, by a field selector on its
 name, whatever namespaces the operator serves — so a standby tries again the moment the Lease
 is released or deleted, and otherwise exactly when the holder's term runs out rather than on
-its next poll. The watch's events are also the operator's liveness heartbeat (`on_event`).
+its next poll. The watch's events are also the operator's liveness heartbeat (`on_event`), and so
+are its failures (each followed by a reconnect) and renewals the API server's address refuses
+(the server is down or restarting; a silent watch then is no sign of a stale one): liveness fails
+only for a watch connected yet silent while the server is not known to be gone.
 """
 
 from __future__ import annotations
@@ -101,6 +104,10 @@ class LeaderElector:
             except Exception as exc:  # noqa: BLE001 - a failed renewal must never kill the thread
                 log.warning("leader election: %s", exc)
                 self._leader.clear()
+                if k8s.server_refused(exc) and self.on_event is not None:
+                    # Nothing listens at the API server's address (it restarts): the Lease watch's
+                    # silence says nothing about the watch, so it must not count as stale.
+                    self.on_event()
             wait = period if self._next_try is None else min(period, max(0.05, self._next_try))
             self._wake.wait(wait)
             self._wake.clear()
@@ -120,6 +127,11 @@ class LeaderElector:
                         self._wake.set()  # released (a graceful stop) or gone: try at once
             except Exception as exc:  # noqa: BLE001 - a broken watch is started again
                 log.info("leader lease watch: %s", exc)
+                # A watch that failed is not stale: the loop is alive and reconnects (an API server
+                # restarting or down refuses it every second). Restarting the operator would gain
+                # nothing, so this keeps liveness passing; only a connected, silent stream fails it.
+                if self.on_event is not None:
+                    self.on_event()
                 self._stop.wait(1.0)
 
     def _try_once(self) -> None:

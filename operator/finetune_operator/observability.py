@@ -39,11 +39,14 @@ def queue_event(what: str, value: int) -> None:
 
 
 class WatchHeartbeat:
-    """When the operator last saw a watch event on the leader Lease.
+    """When the operator last heard from its leader Lease's watch: an event, or a failure.
 
     The leader renews its Lease every few seconds, so every replica's Lease watch receives an
     event at that rhythm. Silence for several renew periods means the watch stream has died
-    without an error, a known kopf failure mode; liveness then fails and the pod restarts.
+    without an error (a half-open connection), a known kopf failure mode; liveness then fails and
+    the pod restarts. A watch that fails and reconnects also beats, and so does a renewal the API
+    server's address refuses: while the server restarts or is down the watch is not stale, and a
+    restart of the operator would not bring the server back sooner.
     """
 
     def __init__(self) -> None:

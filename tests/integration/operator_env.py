@@ -92,11 +92,14 @@ def start_operator(
     started: list[OperatorProcess] = []
     kubeconfig = service_account_kubeconfig(CLUSTER_ROLE_FILE)
 
-    def start(identity: str = "operator-0", wait: bool = True, **overrides: Any) -> OperatorProcess:
+    def start(identity: str = "operator-0", wait: bool = True, via: Callable[[Path], Path] | None = None,
+              **overrides: Any) -> OperatorProcess:
+        """`via` rewrites the operator's kubeconfig (e.g. to reach the API server through a relay)."""
         config = {"s3": {"endpoint": s3.endpoint, "region": "us-east-1"}, "namespaces": [job_namespace],
                   "lease_namespace": job_namespace, "lease_duration_seconds": 6,
                   "termination_grace_period_seconds": 30, **overrides}
-        op = OperatorProcess(kubeconfig, tmp_path / "operators", config, identity=identity).start()
+        op = OperatorProcess(via(kubeconfig) if via else kubeconfig, tmp_path / "operators", config,
+                             identity=identity).start()
         started.append(op)
         if wait:
             op.wait_leader()

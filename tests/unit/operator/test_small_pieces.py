@@ -179,6 +179,56 @@ def test_the_lease_is_watched_in_its_own_namespace_by_name(monkeypatch: pytest.M
     assert elector._wake.is_set()  # the release woke the standby's election at once
 
 
+def test_a_failing_lease_watch_is_not_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the API server restarts the watch fails and reconnects: each failure is a heartbeat
+    (liveness stays up); only a connected, silent stream lets the watch age grow."""
+    beats: list[int] = []
+    elector = leader.LeaderElector("fto-leader", "fto-system", "b", 15, on_event=lambda: beats.append(1))
+    attempts: list[int] = []
+
+    def watch(path: str, query: dict[str, Any]) -> Any:
+        attempts.append(1)
+        if len(attempts) == 3:
+            elector._stop.set()
+        raise ConnectionRefusedError("connection refused")
+        yield  # a generator, as k8s.watch
+
+    monkeypatch.setattr(k8s, "watch", watch)
+    monkeypatch.setattr(elector._stop, "wait", lambda timeout=None: elector._stop.is_set())
+    elector._watch()
+    assert len(attempts) == 3 and len(beats) == 3
+
+
+def test_only_a_refused_renewal_counts_as_a_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused connection means nothing listens at the API server's address (it restarts): the
+    watch's silence then is no sign of a stale stream. A timeout proves nothing and is not a beat."""
+    import urllib3
+
+    beats: list[int] = []
+    elector = leader.LeaderElector("fto-leader", "fto-system", "b", 15, on_event=lambda: beats.append(1))
+    refused = urllib3.exceptions.MaxRetryError(
+        None, "/leases", urllib3.exceptions.NewConnectionError(None, "Failed to establish a new connection"))  # type: ignore[arg-type]
+    refused.reason.__cause__ = ConnectionRefusedError(111, "Connection refused")  # type: ignore[union-attr]
+    timed_out = urllib3.exceptions.MaxRetryError(None, "/leases", urllib3.exceptions.ReadTimeoutError(
+        None, "/leases", "Read timed out"))  # type: ignore[arg-type]
+    assert k8s.server_refused(refused) and not k8s.server_refused(timed_out)
+    for error in (refused, timed_out):
+        def fail(*_: Any, error: Exception = error) -> Any:
+            raise error
+        monkeypatch.setattr(k8s, "get_object", fail)
+        monkeypatch.setattr(elector._wake, "wait", lambda timeout=None: elector._stop.set())
+        elector._stop.clear()
+        elector._run()
+    assert len(beats) == 1 and not elector.is_leader()
+
+
+def test_the_stale_watch_limit_defaults_to_four_lease_durations() -> None:
+    assert config.OperatorConfig(lease_duration_seconds=15).watch_stale_limit() == 60
+    assert config.OperatorConfig(lease_duration_seconds=6, watch_stale_seconds=8).watch_stale_limit() == 8
+    with pytest.raises(config.ConfigError, match="watch_stale_seconds: .*at least lease_duration_seconds"):
+        config.load({"FINETUNE_OPERATOR_WATCH_STALE_SECONDS": "3"})
+
+
 def test_the_watch_stream_is_split_into_events(monkeypatch: pytest.MonkeyPatch) -> None:
     lines = [b'{"type": "ADDED", "object": {"metadata": {"name": "l"}}}\n{"type": "MOD',
              b'IFIED", "object": {"spec": {}}}\n\n',
