@@ -49,7 +49,13 @@ def _ctl() -> Controller:
     return Runtime.controller
 
 
-def configure_watches(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
+# kopf retries a failing API request (a watch's included) with these sleeps and then gives up,
+# which stops the operator. Its default (1 … 21 s, ≈ 54 s in all) is shorter than an API server
+# upgrade or a control-plane failover can take; these ride out ≈ 5 minutes of outage.
+ERROR_BACKOFFS = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, *([30.0] * 9))  # 324 s
+
+
+def configure_watches(settings: kopf.OperatorSettings) -> None:
     """kopf's own settings: annotations for its bookkeeping, bounded watches, server-side filters."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.finetune.dev")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.finetune.dev")
@@ -60,6 +66,7 @@ def configure_watches(settings: kopf.OperatorSettings, config: OperatorConfig) -
     settings.watching.connect_timeout = 30
     settings.watching.chunk_size = 500  # initial lists are paged: no 9 MB response at 500 nodes
     settings.networking.request_timeout = 60
+    settings.networking.error_backoffs = ERROR_BACKOFFS
     settings.execution.max_workers = 4
     # Only the operator's own children travel: kopf turns these into labelSelector/fieldSelector.
     for resource in (JOBS, PODS, CONFIGMAPS):
@@ -68,7 +75,7 @@ def configure_watches(settings: kopf.OperatorSettings, config: OperatorConfig) -
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    configure_watches(settings, Runtime.config)
+    configure_watches(settings)
     k8s.set_rate_limit(Runtime.config.api_qps, Runtime.config.api_burst)
     config = Runtime.config
     # The elector watches the Lease in its own namespace (kopf's watches cover only the served

@@ -255,3 +255,18 @@ def test_the_watch_stream_is_split_into_events(monkeypatch: pytest.MonkeyPatch) 
             events.append(event)
     assert events == [("ADDED", {"metadata": {"name": "l"}}), ("MODIFIED", {"spec": {}})]
     assert gone.value.status == 410 and Response.released
+
+
+def test_kopf_rides_out_minutes_of_api_server_outage_and_watches_only_its_children() -> None:
+    import kopf
+
+    from finetune_operator import handlers
+
+    settings = kopf.OperatorSettings()
+    handlers.configure_watches(settings)
+    backoffs = list(settings.networking.error_backoffs)  # type: ignore[arg-type]
+    assert sum(backoffs) >= 300, f"kopf gives up after {sum(backoffs)} s of API errors and stops the operator"
+    assert settings.watching.client_timeout and settings.watching.server_timeout  # no unbounded watch
+    assert settings.posting.enabled is False
+    for resource in (handlers.JOBS, handlers.PODS, handlers.CONFIGMAPS):
+        assert settings.watching.label_selectors[resource] == handlers.CHILD_SELECTOR
