@@ -18,6 +18,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from localcluster.waiting import until
+
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "crds" / "finetunejobs.finetune.dev.yaml"
 CLUSTER_ROLE_FILE = REPO / "charts" / "finetune-operator" / "files" / "clusterrole.yaml"
@@ -34,13 +36,21 @@ def kubectl_binary() -> str:
 
 
 def install_crd(kubeconfig: Path, timeout: float = 60) -> None:
-    """Apply the generated CRD and wait until the API server serves it."""
+    """Apply the generated CRD and wait until the API server serves it (Established)."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
-    for args in (["apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE)],
-                 ["wait", "--for=condition=Established", "--timeout", f"{int(timeout)}s", "crd/finetunejobs.finetune.dev"]):
+
+    def kubectl(*args: str) -> str:
         proc = subprocess.run([kubectl_binary(), *args], env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    # Polled rather than `kubectl wait --for=condition=Established`, which fails at once
+    # (".status.conditions accessor error") when it reads the CRD before it has any status.
+    until(lambda: kubectl("get", "crd/finetunejobs.finetune.dev", "-o",
+                          'jsonpath={.status.conditions[?(@.type=="Established")].status}').strip() == "True",
+          timeout, "the FineTuneJob CRD to be Established", interval=0.5)
 
 
 class OperatorProcess:
