@@ -33,7 +33,7 @@ from .job import (
 from .manifest import MANIFEST, activation_checkpointing_on, adapter_report, build_manifest
 from .progress import ProgressReporter, decimal_str
 from .runstore import RunStore, open_run_store
-from .weights import fingerprints, force_cpu_4bit_repack, keep_standard_4bit_layout, weight_checks
+from .weights import fingerprints, force_cpu_4bit_repack, keep_adapter_in_fp32, keep_standard_4bit_layout, weight_checks
 
 log = logging.getLogger("finetune_trainer.train")
 
@@ -289,6 +289,8 @@ def build_trainer(cfg: Config, plan: Plan, model: Any, quant: Any, ranks: Ranks,
         peft_config=get_peft_config(cfg.model),
         callbacks=[checkpoints, make_progress_callback(progress, ranks.is_main)],
     )
+    # Before the optimizer exists: one adapter dtype for a run and all its resumes (weights.py).
+    keep_adapter_in_fp32(trainer.model)
     columns = trainer.train_dataset.column_names or []
     # Tokens that carry loss in one pass over the data: what the masking really left to learn from.
     trained_tokens = (
