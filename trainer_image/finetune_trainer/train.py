@@ -18,7 +18,7 @@ from typing import Any
 
 from .checkpoints import InterruptFlag, RemoteCheckpoint, latest_checkpoint, load_test_hooks, make_checkpoint_callback
 from .config import Config
-from .fencing import Fence, claim
+from .fencing import Fence, claim, publish_files
 from .data import DataReport
 from .errors import ConfigError, DataError, ExitCode, Interrupted, classify, write_termination
 from .job import (
@@ -390,8 +390,7 @@ def publish(cfg: Config, plan: Plan, setup: Setup, outcome: Outcome, ranks: Rank
         os.remove(os.path.join(adapter_dir, "training_args.bin"))
     fence = setup.fence
     assert fence is not None  # the main process claimed an attempt
-    fence.check("the adapter")
-    files = prep.store.upload_dir("adapter", adapter_dir)
+    files = publish_files(prep.store, fence, "adapter", adapter_dir)  # fenced file by file, each only if absent
 
     history = trainer.state.log_history
     num_tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None)
