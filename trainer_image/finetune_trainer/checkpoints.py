@@ -150,6 +150,9 @@ def make_checkpoint_callback(
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             step = state.global_step
+            if hooks.get("sigterm_at_step") == step:
+                # A pod deletion at a known step: the real SIGTERM path, without racing the clock.
+                os.kill(os.getpid(), signal.SIGTERM)
             if hooks.get("step_delay_seconds"):
                 time.sleep(float(hooks["step_delay_seconds"]))
             if hooks.get("raise_at_step") == step:

@@ -12,6 +12,13 @@ with `Superseded` instead of writing. Checkpoint files go to a directory of thei
 (`checkpoints/checkpoint-<step>/attempt-<n>/`) and the step's `_COMPLETE` marker, which names
 that directory, is created only if absent: a stale trainer's files can never mix with or replace
 a newer attempt's, whatever the timing.
+
+The adapter keeps its public place (`adapter/`, where the job's status points), so its files
+cannot live in an attempt directory; `publish_files` writes each one only if absent, checking
+the fence before each: a replaced trainer whose check passed just before it was replaced can no
+longer overwrite a newer attempt's file. A differing file already there is an earlier attempt's
+(one that died while publishing): the fence is checked again, so a newer attempt's file is never
+touched, and it is deleted only while it is still the object that was read.
 """
 
 from __future__ import annotations
@@ -24,8 +31,9 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from .errors import Interrupted
+from .errors import Interrupted, StorageRetryable
 from .runstore import RunStore
+from .storage import sha256_path
 
 log = logging.getLogger("finetune_trainer.fencing")
 
@@ -88,3 +96,31 @@ class Fence:
                 f"replaced after its node was lost or its pod deleted); not writing {what}",
                 supersededBy=max(newer),
             )
+
+
+def publish_files(store: RunStore, fence: Fence, rel: str, local_dir: str, *, tries: int = 3) -> dict[str, str]:
+    """Upload every file of `local_dir` to `rel/` under the fence, each only if absent; {name: sha256}."""
+    names = sorted(os.path.relpath(os.path.join(root, n), local_dir)
+                   for root, _dirs, files in os.walk(local_dir) for n in files)
+    out: dict[str, str] = {}
+    for name in names:
+        path, key = os.path.join(local_dir, name), f"{rel}/{name}"
+        want = sha256_path(path)
+        for _ in range(tries):
+            fence.check(f"adapter file {name}")
+            if store.put_file_if_absent(key, path) is not None:
+                break
+            found = store.file_version(key)
+            if found is None:
+                continue  # deleted since: try again
+            if found[0] == want:
+                log.info("%s is already there with the same content; kept", store.uri(key))
+                break
+            # An earlier attempt's file: replaced only while no newer attempt exists.
+            fence.check(f"a stale adapter file {name}")
+            log.warning("replacing %s, left by an earlier attempt with other content", store.uri(key))
+            store.delete_file_if_version(key, found[1])
+        else:
+            raise StorageRetryable(f"{store.uri(key)} changed {tries} times while this trainer published it; retry")
+        out[name] = want
+    return out

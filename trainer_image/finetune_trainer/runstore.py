@@ -23,6 +23,12 @@ class RunStore(Protocol):
     def list_dirs(self, rel: str) -> list[str]: ...
     def list_files(self, rel: str) -> list[str]: ...
     def delete_dir(self, rel: str) -> None: ...
+    # One file, created only if absent: its SHA-256, or None when the key exists.
+    def put_file_if_absent(self, rel: str, local_path: str) -> str | None: ...
+    # (SHA-256 of a stored file, a version token for delete_file_if_version), None when absent.
+    def file_version(self, rel: str) -> tuple[str, str] | None: ...
+    # Delete a stored file only while it is still that version; False when it is not.
+    def delete_file_if_version(self, rel: str, version: str) -> bool: ...
 
 
 class S3RunStore:
@@ -60,6 +66,15 @@ class S3RunStore:
 
     def delete_dir(self, rel: str) -> None:
         storage.delete_prefix(self.client, self.prefix.child(rel.rstrip("/") + "/"))
+
+    def put_file_if_absent(self, rel: str, local_path: str) -> str | None:
+        return storage.upload_file_verified(self.client, local_path, self.prefix.child(rel), if_none_match=True)
+
+    def file_version(self, rel: str) -> tuple[str, str] | None:
+        return storage.object_sha256(self.client, self.prefix.child(rel))
+
+    def delete_file_if_version(self, rel: str, version: str) -> bool:
+        return storage.delete_if_match(self.client, self.prefix.child(rel), version)
 
 
 class LocalRunStore:
@@ -123,6 +138,34 @@ class LocalRunStore:
 
     def delete_dir(self, rel: str) -> None:
         shutil.rmtree(self._p(rel), ignore_errors=True)
+
+    # Laptop runs have one writer; these keep the interface (the checks are not atomic here).
+    def put_file_if_absent(self, rel: str, local_path: str) -> str | None:
+        dest = self._p(rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        try:
+            with open(local_path, "rb") as src, open(dest, "xb") as out:
+                shutil.copyfileobj(src, out)
+        except FileExistsError:
+            return None
+        digest = storage.sha256_path(dest)
+        if digest != storage.sha256_path(local_path):
+            raise OSError(f"copy of {local_path} does not match")
+        return digest
+
+    def file_version(self, rel: str) -> tuple[str, str] | None:
+        path = self._p(rel)
+        if not os.path.isfile(path):
+            return None
+        digest = storage.sha256_path(path)
+        return digest, digest
+
+    def delete_file_if_version(self, rel: str, version: str) -> bool:
+        found = self.file_version(rel)
+        if found is None or found[1] != version:
+            return False
+        os.remove(self._p(rel))
+        return True
 
 
 def open_run_store(run_prefix: str, client: Any | None) -> RunStore:

@@ -7,6 +7,7 @@ never from the configuration file.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
@@ -152,13 +153,81 @@ def put_bytes(client: Any, uri: S3Uri, data: bytes, *, if_none_match: bool = Fal
     return True
 
 
-def upload_file_verified(client: Any, path: str, uri: S3Uri) -> str:
-    """Upload one file and read it back to compare SHA-256; returns the hex digest."""
+PART_BYTES = 64 * 1024 * 1024  # single PUT up to this size; larger files go up in parts of it
+
+
+def _precondition_failed(e: Any) -> bool:
+    return e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
+
+
+def _multipart_if_none_match(client: Any, path: str, uri: S3Uri) -> bool:
+    """A multipart upload completed only if the key is absent (If-None-Match on the completion)."""
+    from botocore.exceptions import ClientError
+
+    upload = client.create_multipart_upload(Bucket=uri.bucket, Key=uri.key)["UploadId"]
+    try:
+        parts = []
+        with open(path, "rb") as f:
+            for number, chunk in enumerate(iter(lambda: f.read(PART_BYTES), b""), start=1):
+                etag = client.upload_part(Bucket=uri.bucket, Key=uri.key, UploadId=upload, PartNumber=number,
+                                          Body=chunk)["ETag"]
+                parts.append({"PartNumber": number, "ETag": etag})
+        client.complete_multipart_upload(Bucket=uri.bucket, Key=uri.key, UploadId=upload,
+                                         MultipartUpload={"Parts": parts}, IfNoneMatch="*")
+        return True
+    except ClientError as e:
+        if _precondition_failed(e):
+            return False
+        raise
+    finally:
+        with contextlib.suppress(Exception):  # nothing to abort once completed; a failed abort only leaves parts
+            client.abort_multipart_upload(Bucket=uri.bucket, Key=uri.key, UploadId=upload)
+
+
+def object_sha256(client: Any, uri: S3Uri) -> tuple[str, str] | None:
+    """(SHA-256 of the object's content, its ETag), read from the object; None when there is none."""
+    from botocore.exceptions import ClientError
+
+    try:
+        response = client.get_object(Bucket=uri.bucket, Key=uri.key)
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+    h = hashlib.sha256()
+    for chunk in iter(lambda: response["Body"].read(1 << 20), b""):
+        h.update(chunk)
+    return h.hexdigest(), str(response["ETag"])
+
+
+def delete_if_match(client: Any, uri: S3Uri, etag: str) -> bool:
+    """Delete the object only while it is still the one with this ETag; False when it is not (or is gone)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        client.delete_object(Bucket=uri.bucket, Key=uri.key, IfMatch=etag)
+    except ClientError as e:
+        if _precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return False
+        raise
+    return True
+
+
+def upload_file_verified(client: Any, path: str, uri: S3Uri, *, if_none_match: bool = False) -> str | None:
+    """Upload one file and read it back to compare SHA-256; returns the hex digest.
+
+    With `if_none_match` the file is written only if the key is absent (single PUT or the
+    completion of a multipart upload), and None says it was there already.
+    """
     digest = sha256_path(path)
     size = os.path.getsize(path)
-    if size <= 64 * 1024 * 1024:
+    if size <= PART_BYTES:
         with open(path, "rb") as f:
-            put_bytes(client, uri, f.read())
+            if not put_bytes(client, uri, f.read(), if_none_match=if_none_match):
+                return None
+    elif if_none_match:
+        if not _multipart_if_none_match(client, path, uri):
+            return None
     else:
         client.upload_file(path, uri.bucket, uri.key)
     # Re-reading is the check that works the same on every S3-compatible server, multipart included.
@@ -183,7 +252,7 @@ def upload_dir(client: Any, local_dir: str, uri: S3Uri, *, skip: tuple[str, ...]
         digests = list(
             pool.map(lambda rel: upload_file_verified(client, os.path.join(local_dir, rel), uri.child(rel)), files)
         )
-    return dict(zip(files, digests, strict=True))
+    return {rel: digest for rel, digest in zip(files, digests, strict=True) if digest is not None}
 
 
 def download_prefix(client: Any, uri: S3Uri, local_dir: str, *, workers: int = 8) -> list[str]:

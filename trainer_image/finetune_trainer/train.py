@@ -18,7 +18,7 @@ from typing import Any
 
 from .checkpoints import InterruptFlag, RemoteCheckpoint, latest_checkpoint, load_test_hooks, make_checkpoint_callback
 from .config import Config
-from .fencing import Fence, claim
+from .fencing import Fence, claim, publish_files
 from .data import DataReport
 from .errors import ConfigError, DataError, ExitCode, Interrupted, classify, write_termination
 from .job import (
@@ -33,7 +33,7 @@ from .job import (
 from .manifest import MANIFEST, activation_checkpointing_on, adapter_report, build_manifest
 from .progress import ProgressReporter, decimal_str
 from .runstore import RunStore, open_run_store
-from .weights import fingerprints, force_cpu_4bit_repack, keep_standard_4bit_layout, weight_checks
+from .weights import fingerprints, force_cpu_4bit_repack, keep_adapter_in_fp32, keep_standard_4bit_layout, weight_checks
 
 log = logging.getLogger("finetune_trainer.train")
 
@@ -289,6 +289,8 @@ def build_trainer(cfg: Config, plan: Plan, model: Any, quant: Any, ranks: Ranks,
         peft_config=get_peft_config(cfg.model),
         callbacks=[checkpoints, make_progress_callback(progress, ranks.is_main)],
     )
+    # Before the optimizer exists: one adapter dtype for a run and all its resumes (weights.py).
+    keep_adapter_in_fp32(trainer.model)
     columns = trainer.train_dataset.column_names or []
     # Tokens that carry loss in one pass over the data: what the masking really left to learn from.
     trained_tokens = (
@@ -388,8 +390,7 @@ def publish(cfg: Config, plan: Plan, setup: Setup, outcome: Outcome, ranks: Rank
         os.remove(os.path.join(adapter_dir, "training_args.bin"))
     fence = setup.fence
     assert fence is not None  # the main process claimed an attempt
-    fence.check("the adapter")
-    files = prep.store.upload_dir("adapter", adapter_dir)
+    files = publish_files(prep.store, fence, "adapter", adapter_dir)  # fenced file by file, each only if absent
 
     history = trainer.state.log_history
     num_tokens = next((h["num_tokens"] for h in reversed(history) if "num_tokens" in h), None)

@@ -74,6 +74,29 @@ def keep_standard_4bit_layout(model: Any) -> int:
     return count
 
 
+def keep_adapter_in_fp32(model: Any) -> int:
+    """Put every trainable parameter back in fp32 after TRL's SFTTrainer cast them to bfloat16; returns how many.
+
+    TRL 1.16 casts the adapter of a quantized model to bfloat16 (sft_trainer.py, "QLoRA ... bf16"),
+    while PEFT's default, the memory estimate and docs/api.md keep it in fp32. Left as it is, an
+    uninterrupted run trains the adapter in bfloat16 and a resumed one in fp32 (resuming loads the
+    checkpoint through PEFT's load_adapter, which upcasts it): the two drift apart by several bfloat16
+    ulps (issue 12). fp32 master weights also keep small updates that bfloat16 would round away, and
+    GPUs without bfloat16 (fp16 compute) never see it. The compute dtype is unchanged: the LoRA
+    matmuls run in it under autocast.
+    """
+    import torch
+
+    count = 0
+    for p in model.parameters():
+        if p.requires_grad and p.is_floating_point() and p.dtype != torch.float32:
+            p.data = p.data.to(torch.float32)
+            count += 1
+    if count:
+        log.info("kept %d trainable adapter tensors in fp32 (TRL had cast them to bfloat16)", count)
+    return count
+
+
 def force_cpu_4bit_repack(model: Any) -> int:
     """Test hook: take the AVX-512 BF16 repack path on any CPU (what such CPUs do by default)."""
     count = 0

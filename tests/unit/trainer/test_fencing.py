@@ -20,7 +20,7 @@ from finetune_trainer.checkpoints import (
     make_checkpoint_callback,
 )
 from finetune_trainer.errors import ExitCode, classify
-from finetune_trainer.fencing import Fence, Superseded, claim
+from finetune_trainer.fencing import Fence, Superseded, claim, publish_files
 from finetune_trainer.progress import ProgressReporter
 from finetune_trainer.runstore import LocalRunStore
 
@@ -98,3 +98,53 @@ def test_a_checkpoint_written_before_fencing_is_found_where_its_marker_says(tmp_
     fence = Fence(store, claim(store, "pod"))
     _save(_callback(store, fence), tmp_path / "fenced", 4, b"fenced")
     assert latest_checkpoint(store).rel == "checkpoints/checkpoint-4/attempt-1"  # type: ignore[union-attr]
+
+
+def _adapter_dir(root: Path, weights: bytes, config: str = '{"r": 8}') -> Path:
+    """What the trainer saves locally before publishing: the adapter and its config."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "adapter_model.safetensors").write_bytes(weights)
+    (root / "adapter_config.json").write_text(config)
+    return root
+
+
+def test_a_zombie_past_its_fence_check_cannot_overwrite_a_newer_adapter(tmp_path: Path) -> None:
+    """Issue 12's fencing leftover: the adapter stays at adapter/ (its public place), so a stale trainer
+    whose check passed just before the replacement claimed must fail to write there, file by file."""
+    store = _store(tmp_path)
+    old_attempt = claim(store, "old-pod")
+    new = Fence(store, claim(store, "new-pod"))
+    files = publish_files(store, new, "adapter", str(_adapter_dir(tmp_path / "new", b"new weights")))
+    assert set(files) == {"adapter_model.safetensors", "adapter_config.json"}
+
+    zombie = Fence(store, old_attempt)
+    checks: list[str] = []
+    real_check = zombie.check
+
+    def passed_once_before_the_claim(what: str) -> None:
+        checks.append(what)
+        if len(checks) > 1:
+            real_check(what)
+
+    zombie.check = passed_once_before_the_claim  # type: ignore[method-assign]
+    with pytest.raises(Superseded, match="attempt 2 of this run has started .* not writing a stale adapter file"):
+        publish_files(store, zombie, "adapter", str(_adapter_dir(tmp_path / "old", b"old weights", '{"r": 4}')))
+    assert checks == ["adapter file adapter_config.json", "a stale adapter file adapter_config.json"]
+    assert Path(store.root, "adapter/adapter_config.json").read_text() == '{"r": 8}'
+    assert Path(store.root, "adapter/adapter_model.safetensors").read_bytes() == b"new weights"
+    # Superseded outright: it writes nothing at all.
+    with pytest.raises(Superseded, match="not writing adapter file adapter_config.json"):
+        publish_files(store, Fence(store, old_attempt), "adapter", str(tmp_path / "old"))
+
+
+def test_an_earlier_attempts_leftover_adapter_files_are_replaced_or_kept(tmp_path: Path) -> None:
+    """The attempt that died while publishing left a partial file (other content) and a complete one
+    (the same content): the next attempt replaces the first, keeps the second, and lists both."""
+    store = _store(tmp_path)
+    claim(store, "died-uploading")
+    store.put_bytes("adapter/adapter_model.safetensors", b"half of the weig")
+    store.put_bytes("adapter/adapter_config.json", b'{"r": 8}')
+    fence = Fence(store, claim(store, "replacement"))
+    files = publish_files(store, fence, "adapter", str(_adapter_dir(tmp_path / "new", b"the weights")))
+    assert Path(store.root, "adapter/adapter_model.safetensors").read_bytes() == b"the weights"
+    assert files["adapter_config.json"] == store.file_version("adapter/adapter_config.json")[0]  # type: ignore[index]

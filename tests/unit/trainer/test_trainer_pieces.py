@@ -209,3 +209,20 @@ def test_the_real_image_never_sets_the_cpu_switch():
     images = yaml.safe_load((root / "localcluster" / "images.yaml").read_text())["images"]
     stand_in = images["ghcr.io/finetune-operator/trainer[:@]*"]
     assert json.loads(stand_in["env"]["FINETUNE_TRAINER_TEST_HOOKS"])["allow_cpu_without_gpu"] is True
+
+
+def test_trainable_adapter_tensors_go_back_to_fp32_and_frozen_ones_stay():
+    import torch
+
+    from finetune_trainer.weights import keep_adapter_in_fp32
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+    frozen, lora = model[0], model[1]
+    frozen.to(torch.bfloat16).requires_grad_(False)  # what the base's unquantized parts may be in
+    lora.to(torch.bfloat16)  # what TRL makes of a quantized model's trainable adapter
+    values = lora.weight.detach().clone()
+    assert keep_adapter_in_fp32(model) == 2
+    assert {p.dtype for p in lora.parameters()} == {torch.float32}
+    assert torch.equal(lora.weight.detach(), values.float())  # exact: fp32 holds every bfloat16
+    assert {p.dtype for p in frozen.parameters()} == {torch.bfloat16}
+    assert keep_adapter_in_fp32(model) == 0
