@@ -18,6 +18,7 @@ embeddingWeights
     which casts them to fp32 (the QLoRA reference code calls it; TRL 1.16's SFTTrainer does not).
 adapter
     LoRA A/B (+ DoRA magnitudes): PEFT keeps adapter weights in fp32 (``autocast_adapter_dtype``),
+    and the trainer undoes TRL's cast of a quantized model's adapter to bf16 (``keep_adapter_in_fp32``),
     so weights 4 + gradients 4 + AdamW moments 8 = 16 bytes per trainable parameter.
 activations
     Per token and layer, what autograd saves (compute-dtype bytes c): the two RMSNorms (fp32
