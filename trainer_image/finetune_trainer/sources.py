@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError, DataError
-from .storage import S3Uri, download_prefix, list_keys, parse_s3_uri
+from .storage import S3Uri, download_prefix, list_keys, not_found, parse_s3_uri
 
 # Everything inspection needs: the config and the tokenizer, never the weights.
 META_PATTERNS = (
@@ -133,8 +133,7 @@ def resolve_dataset(uri: str, *, s3: Any | None, work_dir: str, field_name: str 
         try:
             s3.download_file(src.bucket, src.key, dest)
         except ClientError as e:
-            code = e.response.get("Error", {}).get("Code", "")
-            if code in ("404", "NoSuchKey", "NotFound"):
+            if not_found(e):
                 raise DataError(f"{field_name}: {uri} does not exist") from e
             raise
         return dest

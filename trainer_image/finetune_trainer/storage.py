@@ -111,6 +111,19 @@ def list_prefixes(client: Any, uri: S3Uri) -> list[str]:
     return out
 
 
+def not_found(e: Any) -> bool:
+    """Whether a botocore ClientError says the key is absent.
+
+    GET says NoSuchKey, HEAD (no body) a bare 404, some servers NotFound; a missing bucket
+    (NoSuchBucket) is not "key absent" but a configuration error, and stays one.
+    """
+    return e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
+def _precondition_failed(e: Any) -> bool:
+    return e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
+
+
 def exists(client: Any, uri: S3Uri) -> bool:
     from botocore.exceptions import ClientError
 
@@ -118,9 +131,7 @@ def exists(client: Any, uri: S3Uri) -> bool:
         client.head_object(Bucket=uri.bucket, Key=uri.key)
         return True
     except ClientError as e:
-        if e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404 or e.response.get("Error", {}).get(
-            "Code"
-        ) in ("404", "NoSuchKey", "NotFound"):
+        if not_found(e):
             return False
         raise
 
@@ -147,17 +158,13 @@ def put_bytes(client: Any, uri: S3Uri, data: bytes, *, if_none_match: bool = Fal
     try:
         client.put_object(**kwargs)
     except ClientError as e:
-        if if_none_match and e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+        if if_none_match and _precondition_failed(e):
             return False
         raise
     return True
 
 
 PART_BYTES = 64 * 1024 * 1024  # single PUT up to this size; larger files go up in parts of it
-
-
-def _precondition_failed(e: Any) -> bool:
-    return e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
 
 
 def _multipart_if_none_match(client: Any, path: str, uri: S3Uri) -> bool:
@@ -191,7 +198,7 @@ def object_sha256(client: Any, uri: S3Uri) -> tuple[str, str] | None:
     try:
         response = client.get_object(Bucket=uri.bucket, Key=uri.key)
     except ClientError as e:
-        if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        if not_found(e):
             return None
         raise
     h = hashlib.sha256()
@@ -207,7 +214,7 @@ def delete_if_match(client: Any, uri: S3Uri, etag: str) -> bool:
     try:
         client.delete_object(Bucket=uri.bucket, Key=uri.key, IfMatch=etag)
     except ClientError as e:
-        if _precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+        if _precondition_failed(e) or not_found(e):
             return False
         raise
     return True
@@ -252,7 +259,11 @@ def upload_dir(client: Any, local_dir: str, uri: S3Uri, *, skip: tuple[str, ...]
         digests = list(
             pool.map(lambda rel: upload_file_verified(client, os.path.join(local_dir, rel), uri.child(rel)), files)
         )
-    return {rel: digest for rel, digest in zip(files, digests, strict=True) if digest is not None}
+    out: dict[str, str] = {}
+    for rel, digest in zip(files, digests, strict=True):
+        assert digest is not None  # only if_none_match uploads report an existing key
+        out[rel] = digest
+    return out
 
 
 def download_prefix(client: Any, uri: S3Uri, local_dir: str, *, workers: int = 8) -> list[str]:

@@ -226,3 +226,20 @@ def test_trainable_adapter_tensors_go_back_to_fp32_and_frozen_ones_stay():
     assert torch.equal(lora.weight.detach(), values.float())  # exact: fp32 holds every bfloat16
     assert {p.dtype for p in frozen.parameters()} == {torch.bfloat16}
     assert keep_adapter_in_fp32(model) == 0
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "absent"),
+    [
+        ("NoSuchKey", 404, True),  # GET of a missing key
+        ("404", 404, True),  # HEAD of a missing key: no body, the code is the status
+        ("NotFound", 404, True),
+        ("NoSuchBucket", 404, False),  # a wrong bucket is a configuration error, not an absent key
+        ("AccessDenied", 403, False),
+        ("PreconditionFailed", 412, False),
+    ],
+)
+def test_a_missing_key_is_told_apart_from_a_missing_bucket_or_a_refusal(code, status, absent):
+    from finetune_trainer.storage import not_found
+
+    assert not_found(_client_error(code, status)) is absent
