@@ -179,7 +179,7 @@ def test_every_value_reaches_the_rendered_objects(helm: Path, tmp_path: Path) ->
                                    "allowed_endpoints": c["s3"]["allowedEndpoints"]}
     assert cfg.allow_trust_remote_code is True
     assert cfg.vram_headroom == "0.05"
-    assert cfg.namespaces == [*c["namespaces"], NAMESPACE]  # the Lease's namespace must be watched too
+    assert cfg.namespaces == c["namespaces"]  # only those listed: the Lease is watched apart, in its own namespace
     assert cfg.max_concurrent_jobs == 1000000  # not 1e+06: numbers from values files are floats in Go templates
     assert cfg.termination_grace_period_seconds == 300
     assert (cfg.node_lost_toleration_seconds, cfg.node_lost_force_delete_seconds) == (45, 75)
