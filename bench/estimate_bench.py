@@ -1,9 +1,10 @@
 """Throughput of the fit logic, and the estimate against published peaks.
 
-    .venv/bin/python bench/estimate_bench.py [--seconds 2] [--fleet localcluster/fleet.yaml]
+    .venv/bin/python bench/estimate_bench.py [--seconds 2] [--fleet localcluster/fleet.yaml] [--nodes 500]
 
 1. ``placement.plan`` (validation + VRAM estimate + per-product fit + suggestions) for every
-   catalog model × the default fleet, and ``estimate.estimate`` alone, in operations per second.
+   catalog model × the default fleet, and ``estimate.estimate`` alone, in operations per second;
+   then one job's placement at ``--nodes`` GPU nodes, the node filter per call against per inventory.
 2. The estimate-vs-calibration table: the rows of ``tests/unit/api/test_calibration.py`` (read
    from that file, not copied), with the published figure, our computed peak and the ratio.
 """
@@ -59,10 +60,34 @@ def calibration_rows() -> list[Any]:
     return list(module.TABLE)
 
 
+def scale_placement(gpu_nodes: int, seconds: float) -> None:
+    """One job's placement at the scale bench's fleet size, the node filter computed per call
+    (as before the inventory kept its views) against once per inventory (as the operator runs)."""
+    from finetune_operator import api
+    from localcluster.kwok import gpu_fleet, node_object
+
+    inventory = inventory_from_nodes([node_object(s) for s in gpu_fleet(gpu_nodes)])
+    job = api.FineTuneJobSpec.model_validate(spec_for("meta-llama/Llama-3.2-1B-Instruct"))
+    arch = catalog.lookup("meta-llama/Llama-3.2-1B-Instruct")
+
+    def every_call() -> None:
+        inventory.views.clear()
+        placement.plan(job, arch, inventory)  # type: ignore[arg-type]
+
+    def once() -> None:
+        placement.plan(job, arch, inventory)  # type: ignore[arg-type]
+
+    print(f"# one placement at {len(inventory.nodes)} GPU nodes (kwok scale-bench fleet), side by side")
+    for label, fn in (("node filter every call (before)", every_call), ("node filter once per inventory", once)):
+        per_call, _ = rate(fn, seconds)
+        print(f"{label:33s} {1e3 / per_call:.3f} ms/plan")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="time per measurement")
     parser.add_argument("--fleet", default=str(REPO / "localcluster" / "fleet.yaml"))
+    parser.add_argument("--nodes", type=int, default=500, help="GPU nodes for the placement-at-scale figure")
     args = parser.parse_args()
 
     inventory = inventory_from_nodes(node_objects(load_fleet(Path(args.fleet))))
@@ -112,6 +137,7 @@ def main() -> int:
     for label, dumper in (("pure-Python SafeDumper", yaml.SafeDumper), ("libyaml CSafeDumper", builders._DUMPER)):
         per_call, _ = rate(lambda d=dumper: yaml.dump(train, Dumper=d, sort_keys=True), args.seconds)  # type: ignore[misc]
         print(f"train.yaml dump, {label:22s} {1e3 / per_call:.3f} ms")
+    scale_placement(args.nodes, args.seconds)
     states: dict[str, int] = {}
     for state in fits.values():
         states[state] = states.get(state, 0) + 1

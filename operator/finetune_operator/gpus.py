@@ -195,6 +195,10 @@ class GpuInventory:
     cpu_nodes: tuple[str, ...] = ()
     ignored: tuple[str, ...] = field(default=())
     """Nodes left out, with the reason (cordoned, MIG mixed strategy, ...)."""
+    views: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+    """Views derived from this inventory, keyed by what they were derived with (placement's node
+    filter per toleration set): the inventory never changes, so a view never goes stale, and the
+    operator builds one inventory per node change, not per job."""
 
     def products(self, node_selector: Mapping[str, str] | None = None) -> list[GpuProduct]:
         """Products on nodes that match ``node_selector``, largest memory first."""

@@ -138,6 +138,23 @@ def test_nodes_with_untolerated_taints_are_not_counted() -> None:
     assert plan(make_spec(), fleet_of(gpu("h100-0", *H100, taints=[prefer]))).fits  # a preference never blocks
 
 
+def test_one_inventory_shared_by_jobs_of_different_tolerations_and_selectors_decides_as_a_fresh_one() -> None:
+    """The operator keeps one inventory per node change and placement keeps its node filter per
+    (tolerations, node selector) on it: a job must never be placed by another job's filter."""
+    reserved = {"key": "team", "value": "research", "effect": "NoSchedule"}
+    entries = [gpu("h100-0", *H100, taints=[reserved]), gpu("t4-0", *T4, labels={"pool": "cheap"}),
+               gpu("l4-0", *L4, labels={"pool": "mid"})]
+    tolerant = make_spec(resources={"tolerations": [{"key": "team", "operator": "Exists"}]})
+    cheap = make_spec(resources={"nodeSelector": {"pool": "cheap"}})
+    jobs = [make_spec(), tolerant, cheap, tolerant, make_spec(), cheap]
+    shared = fleet_of(*entries)
+    for job in jobs:
+        assert plan(job, shared).to_dict() == plan(job, fleet_of(*entries)).to_dict()
+    assert set(plan(tolerant, shared).eligible_products) == {"Tesla-T4", "NVIDIA-L4", "NVIDIA-H100-80GB-HBM3"}
+    assert set(plan(make_spec(), shared).eligible_products) == {"Tesla-T4", "NVIDIA-L4"}
+    assert plan(cheap, shared).eligible_products == ["Tesla-T4"]
+
+
 def test_tolerates_follows_core_v1_semantics() -> None:
     taint = {"key": "k", "value": "v", "effect": "NoSchedule"}
     assert placement.tolerates([{"operator": "Exists"}], taint)
