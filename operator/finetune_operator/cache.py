@@ -230,9 +230,9 @@ def project(kind: str, obj: Mapping[str, Any]) -> Child:
 
 def ftj_body(obj: Mapping[str, Any]) -> dict[str, Any]:
     """A FineTuneJob as the reconcile reads it: a plain copy without managedFields."""
-    body = {k: copy.deepcopy(v) for k, v in obj.items() if k in ("apiVersion", "kind", "metadata", "spec", "status")}
-    body["metadata"] = {k: v for k, v in (body.get("metadata") or {}).items() if k != "managedFields"}
-    return body
+    body = {k: v for k, v in obj.items() if k in ("apiVersion", "kind", "spec", "status")}
+    body["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return copy.deepcopy(body)  # managedFields (often the larger part) left out before copying
 
 
 def ftj_fingerprint(body: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -279,14 +279,20 @@ class WorldCache:
         self._child_owner: dict[tuple[str, str, str], str] = {}  # (kind, namespace, name) -> owner uid
         self._nodes: dict[str, NodeFacts] = {}
         self._node_objects: list[dict[str, Any]] | None = None
+        self._node_index: dict[str, dict[str, Any]] = {}
         self.node_version = 0  # bumped on every node change, so placement inventories are rebuilt once
 
     # FineTuneJobs
     def put_ftj(self, obj: Mapping[str, Any]) -> bool:
         """Store a FineTuneJob; True when it changed in a way a reconcile reads."""
+        meta = _meta(obj)
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        with self._lock:
+            old = self._ftjs.get(key)
+            if old is not None and old["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
+                return False  # the echo of a write already stored: not even copied
         body = ftj_body(obj)
         meta = body["metadata"]
-        key = (str(meta.get("namespace")), str(meta.get("name")))
         with self._lock:
             old = self._ftjs.get(key)
             if old is not None and old["metadata"].get("resourceVersion") == meta.get("resourceVersion"):
@@ -424,7 +430,14 @@ class WorldCache:
         with self._lock:
             if self._node_objects is None:
                 self._node_objects = [self._nodes[n].as_object() for n in sorted(self._nodes)]
+                self._node_index = {n["metadata"]["name"]: n for n in self._node_objects}
             return self._node_objects
+
+    def nodes_by_name(self) -> dict[str, dict[str, Any]]:
+        """The dicts of `nodes()` by name, rebuilt with them."""
+        with self._lock:
+            self.nodes()
+            return self._node_index
 
     def node_product(self, name: str | None) -> str | None:
         with self._lock:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 COMPONENT = "finetune-operator"
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={naming.MANAGED_BY}"
 CHILD_KINDS = ("Job", "Pod", "ConfigMap")
+PREPARED_KINDS = ("ServiceAccount", "Role", "RoleBinding", "ConfigMap")  # made once per job; a ConfigMap while cached
 
 # Status fields that change with every progress write; a diff limited to these waits for the budget.
 _PROGRESS_FIELDS = ("progress", "lastCheckpoint", "baselineEvalLoss")
@@ -237,6 +238,7 @@ class Controller:
         obs.trainer_config = kids.configmaps.get(naming.trainer_config(name))
         obs.job = kids.jobs.get(naming.training_job(name))
         obs.nodes = self.cache.nodes()
+        obs.node_index = self.cache.nodes_by_name()
         if obs.job is None:
             obs.inspect_pod = kids.pods.get(naming.inspection_pod(name))
             obs.inventory = self.inventory()
@@ -361,6 +363,12 @@ class Controller:
         created = k8s.ensure(obj, uid)
         if kind in CHILD_KINDS:
             self.cache.put_child(kind, created)
+        if kind in PREPARED_KINDS:
+            # Whichever comes first, the chore or the step that needs it: the other one is not sent
+            # (in a burst the chore runs late, behind the critical path, and would only meet a 409).
+            if len(self._made) > 200_000:
+                self._made.clear()
+            self._made.add((uid, kind, name))
 
     def _prepare(self, objs: list[dict[str, Any]], uid: str) -> None:
         """Make what a later step needs (a failure is left to that step, which ensures it too)."""
@@ -370,9 +378,6 @@ class Controller:
             except k8s.ForeignObject as exc:
                 log.info("not prepared ahead: %s", exc)
                 return
-            if len(self._made) > 200_000:
-                self._made.clear()
-            self._made.add((uid, str(obj["kind"]), str(obj["metadata"]["name"])))
 
     def _announce(self, body: dict[str, Any], plan: reconcile.Plan, old: dict[str, Any], new: dict[str, Any]) -> None:
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]

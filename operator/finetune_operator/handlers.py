@@ -55,10 +55,28 @@ def _ctl() -> Controller:
 ERROR_BACKOFFS = (1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0, *([30.0] * 9))  # 324 s
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff-base: this operator has no change-detecting handlers (``on.create``/``update``/
+    ``field``/``resume``/``delete``), only indexes and ``on.event``, so the "last handled" essence
+    kopf keeps for them is never read. kopf still builds one per event by deep-copying the whole
+    object (status and managedFields included): ≈ 10 % of the operator's CPU at 500 nodes × 100
+    jobs (py-spy). ``test_the_operator_registers_no_change_handlers_that_need_a_diff_base``
+    keeps this true."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 def configure_watches(settings: kopf.OperatorSettings) -> None:
     """kopf's own settings: annotations for its bookkeeping, bounded watches, server-side filters."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.finetune.dev")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kopf.finetune.dev")
+    settings.persistence.diffbase_storage = NoDiffBase()
     settings.posting.enabled = False  # we emit our own, meaningful Events
     # Watches that silently stop are a known kopf failure mode: bound every watch request.
     settings.watching.server_timeout = 120

@@ -11,6 +11,7 @@ import copy
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any
 
 from finetune_operator import api, builders, catalog, gpus, naming, placement, reach
@@ -50,12 +51,21 @@ class Observed:
     pods: list[PodFacts] = field(default_factory=list)
     progress: dict[str, Any] = field(default_factory=dict)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # minimal Node dicts (cache.NodeFacts.as_object)
+    node_index: dict[str, dict[str, Any]] = field(default_factory=dict)  # `nodes` by name (built here when empty)
     inventory: gpus.GpuInventory | None = None  # built from `nodes` once per node change (None: built here)
     pods_confirmed: bool = False  # `pods` were read from the API server, not only the (possibly late) cache
     active_jobs: int = 0
     parsed: ParsedSpec | None = None  # None: parsed here
     # Host lookups for the endpoint check; the controller passes the system's (cached), tests their own.
     resolve: reach.Resolver = reach.no_lookup
+
+    def node(self, name: str | None) -> dict[str, Any] | None:
+        """One of `nodes` by name: a lookup, not a scan of every node for every running job."""
+        if not name:
+            return None
+        if not self.node_index and self.nodes:
+            self.node_index = {n["metadata"]["name"]: n for n in self.nodes}
+        return self.node_index.get(name)
 
 
 @dataclass
@@ -398,7 +408,7 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
     ended = int(st.data.get("attempts") or 0) - 1 - job.failed
     if ended > int(st.data.get("disruptions") or 0):
         st.data["disruptions"] = ended
-    released = _release_lost_pods(pods, obs.nodes, config, st, result)
+    released = _release_lost_pods(pods, obs.node, config, st, result)
     if job.is_true("Complete") or job.is_true("SuccessCriteriaMet"):
         if not any(p.phase == "Succeeded" for p in pods) and not obs.pods_confirmed:
             # The Job is complete only once a pod has succeeded: a cache without that pod is behind
@@ -434,11 +444,11 @@ def _follow_job(obs: Observed, spec: api.FineTuneJobSpec, config: OperatorConfig
         node = pod.node
         placement_status = dict(st.data.get("placement") or {})
         placement_status["node"] = node
-        product = _node_product(obs.nodes, node)
+        product = _node_product(obs.node(node))
         if product:
             placement_status["gpuProduct"] = product
         st.data["placement"] = placement_status
-        placed_dtype = placement.dtype_on_node(st.data.get("resolved") or {}, _node(obs.nodes, node),
+        placed_dtype = placement.dtype_on_node(st.data.get("resolved") or {}, obs.node(node),
                                                gpus.BUILTIN_CATALOG.with_entries(config.gpu_catalog))
         if placed_dtype:
             st.data["resolved"] = {**(st.data.get("resolved") or {}), "computeDtype": placed_dtype}
@@ -483,15 +493,8 @@ def _count_attempts(pods: list[PodFacts], st: _Status) -> None:
     st.data["attempts"] = max(attempts, len(pods))
 
 
-def _node_product(nodes: list[dict[str, Any]], node: str | None) -> str | None:
-    for n in nodes:
-        if n["metadata"]["name"] == node:
-            return (n["metadata"].get("labels") or {}).get("nvidia.com/gpu.product")
-    return None
-
-
-def _node(nodes: list[dict[str, Any]], name: str | None) -> dict[str, Any] | None:
-    return next((n for n in nodes if n["metadata"]["name"] == name), None)
+def _node_product(node: dict[str, Any] | None) -> str | None:
+    return (node["metadata"].get("labels") or {}).get("nvidia.com/gpu.product") if node else None
 
 
 def _progress_message(progress: dict[str, Any]) -> str:
@@ -585,7 +588,8 @@ def lost_node_since(node: dict[str, Any] | None) -> datetime | None:
 
 
 def _release_lost_pods(
-    pods: list[PodFacts], nodes: list[dict[str, Any]], config: OperatorConfig, st: _Status, result: Plan
+    pods: list[PodFacts], node: Callable[[str | None], dict[str, Any] | None], config: OperatorConfig, st: _Status,
+    result: Plan,
 ) -> set[str]:
     """Force-delete training pods stuck terminating on a node that has not been Ready for the configured time.
 
@@ -604,7 +608,7 @@ def _release_lost_pods(
     for pod in pods:
         if pod.phase in ("Succeeded", "Failed") or not pod.node or not pod.deleting:
             continue  # a pod still tolerating the lost node is left to its tolerations
-        since = lost_node_since(_node(nodes, pod.node))
+        since = lost_node_since(node(pod.node))
         if since is None:
             continue
         lost_for = (now - since).total_seconds()

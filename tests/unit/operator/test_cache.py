@@ -53,7 +53,8 @@ def test_node_heartbeats_are_not_changes() -> None:
     assert world.put_node(lost)
     assert world.nodes()[0]["status"]["conditions"] == [
         {"type": "Ready", "status": "Unknown", "lastTransitionTime": "2026-01-01T00:01:00Z"}]
-    assert world.drop_node("gpu-0") and world.nodes() == []
+    assert world.nodes_by_name()["gpu-0"]["spec"]["unschedulable"] is True  # rebuilt with the list
+    assert world.drop_node("gpu-0") and world.nodes() == [] and world.nodes_by_name() == {}
 
 
 def test_pod_projection_keeps_only_what_the_decision_reads() -> None:

@@ -333,6 +333,26 @@ def test_the_training_step_creates_only_what_the_inspection_could_not_prepare(
     assert api.objects[("FineTuneJob", "llama-chat")]["status"]["state"] == "Queued"
 
 
+def test_a_preparation_that_runs_after_its_step_sends_nothing(body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
+    """In a burst the low-priority chores lag behind the critical path: when the training step
+    has already made the trainer's access, the late chore must not create it again (a 409 and a
+    GET per object, eight requests per job, measured at 500 nodes × 100 jobs)."""
+    ctl = make(clock)
+    ctl._background = True  # chores wait in their queue, as behind a busy limiter
+    uid = body["metadata"]["uid"]
+    ctl.on_node(H100_NODE)
+    api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
+    ctl.on_ftj(body)
+    take(ctl)
+    assert ("create", "ServiceAccount") not in api.writes()  # still waiting in the chore queue
+    ctl.on_child("Pod", inspected_pod(uid))
+    take(ctl)
+    creates = [what for verb, what in api.writes() if verb == "create"]
+    assert creates == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "ConfigMap", "Job"]
+    ctl._run_inline()  # now the late chores: the preparation and the events
+    assert not [what for verb, what in api.writes() if verb == "create" and what != "Event"]
+
+
 def test_a_new_leader_still_creates_the_trainer_access_at_placement(
         body: dict[str, Any], api: FakeApi, clock: Clock) -> None:
     ctl = make(clock)  # nothing prepared by this process: the inspection ran under another leader

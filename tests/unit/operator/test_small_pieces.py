@@ -270,3 +270,21 @@ def test_kopf_rides_out_minutes_of_api_server_outage_and_watches_only_its_childr
     assert settings.posting.enabled is False
     for resource in (handlers.JOBS, handlers.PODS, handlers.CONFIGMAPS):
         assert settings.watching.label_selectors[resource] == handlers.CHILD_SELECTOR
+
+
+def test_the_operator_registers_no_change_handlers_that_need_a_diff_base() -> None:
+    """kopf's diff-base (a deep copy of every object on every event) is switched off; that is
+    only right while no handler asks kopf what changed."""
+    import kopf
+    from kopf._core.intents import registries
+
+    from finetune_operator import handlers
+
+    registry = registries.get_default_registry()
+    for resource in (handlers.FTJS, handlers.JOBS, handlers.PODS, handlers.CONFIGMAPS, handlers.NODES):
+        ref = kopf.Resource(*resource)  # type: ignore[call-arg]
+        assert not registry._changing.has_handlers(resource=ref), resource
+        assert registry._indexing.has_handlers(resource=ref) and registry._watching.has_handlers(resource=ref)
+    settings = kopf.OperatorSettings()
+    handlers.configure_watches(settings)
+    assert settings.persistence.diffbase_storage.fetch(body=kopf.Body({"metadata": {}})) is None
