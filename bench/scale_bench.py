@@ -438,7 +438,19 @@ class Level:
         path = sim_out / "progress-writes.jsonl"
         if path.exists():
             writes = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        lag, exact_missing, lost = [], 0, 0
+        flows = [s for s in self.samples if "flow" in s]
+        running_all = [t.running for t in jobs.values()]
+        steady = None
+        window = None  # (start, end) on the wall clock: every job Running, 5 s margins
+        if running_all and all(running_all) and all(t.job_done for t in jobs.values()):
+            lo = max(running_all) + 5
+            hi = min(t.job_done for t in jobs.values() if t.job_done) - 5
+            if hi > lo:
+                window = (lo, hi)
+            inside = [s for s in flows if lo - self.t0 <= s["t"] <= hi - self.t0]
+            if len(inside) >= 2 and inside[-1]["t"] - inside[0]["t"] >= 20:
+                steady = (inside[0], inside[-1])
+        lag, lag_steady, exact_missing, lost = [], [], 0, 0
         last_write: dict[str, int] = {}
         for w in writes:
             t = jobs.get(w["job"])
@@ -450,19 +462,12 @@ class Level:
             covered = [ts for s, ts in t.steps.items() if s >= w["step"]]
             if covered:
                 lag.append(max(0.0, min(covered) - w["acked"]))
+                if window and window[0] <= w["acked"] <= window[1]:
+                    lag_steady.append(lag[-1])
         for job, step in last_write.items():
             if jobs[job].max_step < step:
                 lost += 1
         # requests
-        flows = [s for s in self.samples if "flow" in s]
-        running_all = [t.running for t in jobs.values()]
-        steady = None
-        if running_all and all(running_all) and all(t.job_done for t in jobs.values()):
-            lo = max(running_all) + 5
-            hi = min(t.job_done for t in jobs.values() if t.job_done) - 5
-            inside = [s for s in flows if lo - self.t0 <= s["t"] <= hi - self.t0]
-            if len(inside) >= 2 and inside[-1]["t"] - inside[0]["t"] >= 20:
-                steady = (inside[0], inside[-1])
         whole = (flows[0], flows[-1]) if len(flows) >= 2 else None
 
         def rates(pair: tuple[dict[str, Any], dict[str, Any]] | None) -> dict[str, Any]:
@@ -508,7 +513,9 @@ class Level:
             "latency_s": {"create_to_inspection_pod": stats(created_insp),
                           "inspection_done_to_training_job": stats(insp_job),
                           "job_done_to_terminal_status": stats(done_terminal),
-                          "progress_write_to_status": stats(lag)},
+                          "progress_write_to_status": stats(lag),
+                          # the same, over the writes acknowledged in the steady state only
+                          "progress_write_to_status_steady": stats(lag_steady)},
             "progress": {"writes": len(writes), "never_shown_exactly": exact_missing,
                          "jobs_last_write_never_shown": lost},
             "requests": {"steady_state": rates(steady), "whole_run": rates(whole), "rejected": rejected},

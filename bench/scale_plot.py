@@ -63,6 +63,11 @@ def _pq(s: dict[str, Any]) -> str:
     return f"{s['p50']:.2f} / {s['p99']:.2f}" if s.get("n") else "—"
 
 
+def _steady(lat: dict[str, Any]) -> str:
+    s = lat.get("progress_write_to_status_steady") or {}
+    return f" (steady state {_pq(s)})" if s.get("n") else ""
+
+
 def table(results: list[Path]) -> str:
     """One markdown row per design × job count."""
     head = ("| design | nodes × jobs | create → insp. pod p50/p99 s | insp. done → Job | Job done → terminal | "
@@ -79,7 +84,7 @@ def table(results: list[Path]) -> str:
             rows.append(
                 f"| {data.get('design')} | {r['nodes']} × {r['jobs']} | {_pq(lat['create_to_inspection_pod'])} | "
                 f"{_pq(lat['inspection_done_to_training_job'])} | {_pq(lat['job_done_to_terminal_status'])} | "
-                f"{_pq(lat['progress_write_to_status'])} | {r['progress']['never_shown_exactly']} of "
+                f"{_pq(lat['progress_write_to_status'])}{_steady(lat)} | {r['progress']['never_shown_exactly']} of "
                 f"{r['progress']['writes']} / {r['progress']['jobs_last_write_never_shown']} | "
                 f"{req.get('total_per_s', 0):.1f} ({req.get('excluding_status_patches_per_s', 0):.1f}), {window} | "
                 f"{top} | {r['operator']['rss_max_mib']:.0f} | {r['operator']['cpu_s_per_1000_events']} | "
