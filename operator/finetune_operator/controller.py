@@ -129,9 +129,12 @@ class Controller:
         if change.changed:
             key = self.cache.key_of(change.owner)
             if key is not None:
-                # A progress write is routine (the write budget decides when it shows); the rest is news.
-                progress = kind == "ConfigMap" and str(meta.get("name")) == naming.progress(key[1])
-                self.queue.add(key, urgent=not progress)
+                if kind == "ConfigMap" and str(meta.get("name")) == naming.progress(key[1]):
+                    # Routine: it can show no sooner than the write budget allows, so the job is
+                    # reconciled then, once, whatever the number of writes in between.
+                    self.queue.add_after(key, self.budget.deferral(key))
+                else:
+                    self.queue.add(key, urgent=True)  # news
 
     def on_node(self, body: Any, deleted: bool = False) -> None:
         name = str((body.get("metadata") or {}).get("name"))

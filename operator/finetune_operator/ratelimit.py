@@ -143,6 +143,15 @@ class WriteBudget:
             self._grants[key] = slot
             return slot - now
 
+    def deferral(self, key: Hashable) -> float:
+        """Seconds before `key` may ask for a slot or use the one it holds (0: now); takes no slot."""
+        now = self._clock()
+        with self._lock:
+            grant = self._grants.get(key)
+            if grant is not None:
+                return max(0.0, grant - now)
+            return max(0.0, self._last.get(key, float("-inf")) + self._per_key - now)
+
     def record(self, key: Hashable) -> None:
         """An urgent write went out for `key` now."""
         with self._lock:

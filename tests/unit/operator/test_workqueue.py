@@ -172,6 +172,18 @@ def test_write_budget_spreads_many_jobs_over_the_global_rate(clock: Clock) -> No
     assert budget.admit("job-5") == pytest.approx(1.5)  # still holding its slot
 
 
+def test_write_budget_deferral_tells_when_to_come_back_without_taking_a_slot(clock: Clock) -> None:
+    budget = WriteBudget(per_key_seconds=10, rate=1, burst=1, clock=clock)
+    assert budget.deferral("a") == 0  # never wrote: may ask now
+    assert budget.admit("a") == 0
+    clock.now += 3
+    assert budget.deferral("a") == pytest.approx(7)
+    assert budget.admit("b") == pytest.approx(0)  # the deferral of "a" reserved nothing
+    assert budget.admit("c") == pytest.approx(1)  # "c" holds the next slot ...
+    assert budget.deferral("c") == pytest.approx(1)  # ... and is told to come back for it
+    clock.now += 7
+    assert budget.deferral("a") == 0
+
 @pytest.mark.parametrize("jobs", [100, 300])
 def test_with_many_running_jobs_every_progress_write_shows_within_the_budgets_round(clock: Clock, jobs: int) -> None:
     """The queue and the budget together, as the controller drives them: each trainer writes every 5 s,
@@ -190,7 +202,7 @@ def test_with_many_running_jobs_every_progress_write_shows_within_the_budgets_ro
             if t <= clock.now:
                 written[j].append(t)
                 next_write[j] = t + period
-                queue.add(j)  # a progress ConfigMap event: routine, not urgent
+                queue.add_after(j, budget.deferral(j))  # a progress ConfigMap event, as the controller queues it
         while (j := queue.get(timeout=0)) is not None:
             if shown[j] < len(written[j]):
                 wait = budget.admit(j)
