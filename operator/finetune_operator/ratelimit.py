@@ -133,7 +133,7 @@ class WriteBudget:
                     self._last[key] = now
                     return 0.0
                 return grant - now
-            earliest = self._last.get(key, float("-inf")) + self._per_key
+            earliest = self._earliest(key)
             if earliest > now:
                 return earliest - now  # no slot taken: a future reservation would block the others
             slot = self._bucket.reserve(now)
@@ -150,7 +150,11 @@ class WriteBudget:
             grant = self._grants.get(key)
             if grant is not None:
                 return max(0.0, grant - now)
-            return max(0.0, self._last.get(key, float("-inf")) + self._per_key - now)
+            return max(0.0, self._earliest(key) - now)
+
+    def _earliest(self, key: Hashable) -> float:
+        """When `key` may next ask for a slot (the lock is held)."""
+        return self._last.get(key, float("-inf")) + self._per_key
 
     def record(self, key: Hashable) -> None:
         """An urgent write went out for `key` now."""

@@ -184,6 +184,7 @@ def test_write_budget_deferral_tells_when_to_come_back_without_taking_a_slot(clo
     clock.now += 7
     assert budget.deferral("a") == 0
 
+
 @pytest.mark.parametrize("jobs", [100, 300])
 def test_with_many_running_jobs_every_progress_write_shows_within_the_budgets_round(clock: Clock, jobs: int) -> None:
     """The queue and the budget together, as the controller drives them: each trainer writes every 5 s,
