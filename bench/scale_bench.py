@@ -447,9 +447,10 @@ class Level:
             hi = min(t.job_done for t in jobs.values() if t.job_done) - 5
             if hi > lo:
                 window = (lo, hi)
-            inside = [s for s in flows if lo - self.t0 <= s["t"] <= hi - self.t0]
-            if len(inside) >= 2 and inside[-1]["t"] - inside[0]["t"] >= 20:
-                steady = (inside[0], inside[-1])
+                # the request rates over the same window, between the flow samples inside it
+                inside = [s for s in flows if lo - self.t0 <= s["t"] <= hi - self.t0]
+                if len(inside) >= 2 and inside[-1]["t"] - inside[0]["t"] >= 20:
+                    steady = (inside[0], inside[-1])
         lag, lag_steady, exact_missing, lost = [], [], 0, 0
         last_write: dict[str, int] = {}
         for w in writes:
