@@ -19,6 +19,7 @@ from finetune_trainer.weights import (
     fingerprints,
     force_cpu_4bit_repack,
     keep_standard_4bit_layout,
+    restore_standard_4bit_layout,
     weight_checks,
 )
 
@@ -60,6 +61,26 @@ def test_repacked_and_restored_weights_count_as_unchanged(tiny_model: str) -> No
     assert _packed(model) == 0
     checks = weight_checks(model, before)
     assert checks["baseWeightsUnchanged"] is True and checks["baseWeightsSampled"] == 8
+
+
+def test_training_never_runs_through_the_inference_layout(tiny_model: str) -> None:
+    # A repacked layer runs an inference-only kernel: on an AVX-512 BF16 CPU nothing below it
+    # would get a gradient. The trainer restores the standard layout before training.
+    model = _load_4bit(tiny_model)
+    before = fingerprints(model)
+    force_cpu_4bit_repack(model)
+    _eval_forward(model)
+    assert _packed(model) == 14
+    assert restore_standard_4bit_layout(model) == 14
+    assert _packed(model) == 0
+    _eval_forward(model)  # an evaluation later in the run does not repack again
+    assert _packed(model) == 0 and restore_standard_4bit_layout(model) == 0
+    assert weight_checks(model, before)["baseWeightsUnchanged"] is True
+    model.train()
+    for layer in _linear4bit(model):
+        x = torch.randn(2, layer.in_features, requires_grad=True)
+        layer(x).sum().backward()
+        assert x.grad is not None and bool(x.grad.abs().sum() > 0), "no gradient through a restored 4-bit layer"
 
 
 def test_a_changed_code_or_scale_is_seen_in_either_layout(tiny_model: str) -> None:

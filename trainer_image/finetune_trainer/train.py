@@ -33,7 +33,8 @@ from .job import (
 from .manifest import MANIFEST, activation_checkpointing_on, adapter_report, build_manifest
 from .progress import ProgressReporter, decimal_str
 from .runstore import RunStore, open_run_store
-from .weights import fingerprints, force_cpu_4bit_repack, keep_adapter_in_fp32, keep_standard_4bit_layout, weight_checks
+from .weights import (fingerprints, force_cpu_4bit_repack, keep_adapter_in_fp32, keep_standard_4bit_layout,
+                      restore_standard_4bit_layout, weight_checks)
 
 log = logging.getLogger("finetune_trainer.train")
 
@@ -336,6 +337,8 @@ def train(setup: Setup, plan: Plan, ranks: Ranks, flag: InterruptFlag, progress:
     """Baseline eval, the training loop, then the checks: LoRA weights moved, base weights did not."""
     trainer, store = setup.trainer, plan.prep.store
     baseline = None
+    # Before the baseline evaluation: on an AVX-512 BF16 CPU that is where bitsandbytes would repack.
+    before = fingerprints(trainer.model)
     if setup.has_eval:
         if setup.resume is not None and store.exists(BASELINE):
             baseline = float(json.loads(store.read_bytes(BASELINE))["evalLoss"])
@@ -346,8 +349,7 @@ def train(setup: Setup, plan: Plan, ranks: Ranks, flag: InterruptFlag, progress:
                 setup.fence.check("the baseline evaluation")
                 store.put_bytes(BASELINE, json.dumps({"evalLoss": baseline}).encode())
         progress.update(phase="training", baselineEvalLoss=decimal_str(baseline), force=True)
-
-    before = fingerprints(trainer.model)
+    restore_standard_4bit_layout(trainer.model)  # never train through the inference-only kernel
     resume_dir = _resume_dir(plan.prep.cfg, setup.resume) if setup.resume is not None else None
     try:
         result = trainer.train(resume_from_checkpoint=resume_dir)

@@ -97,6 +97,31 @@ def keep_adapter_in_fp32(model: Any) -> int:
     return count
 
 
+def restore_standard_4bit_layout(model: Any) -> int:
+    """Put every 4-bit layer that is in the CPU inference layout back into the standard one; returns how many.
+
+    bitsandbytes routes a repacked layer to an inference-only kernel (no autograd): on an AVX-512
+    BF16 CPU, training through such a layer passes no gradient to anything below it, so the LoRA
+    weights there would silently never move. Training always runs on the standard layout. The
+    library's own inverse restores the codes exactly and re-quantizes the scales (the fingerprint's
+    tolerance, `SCALE_RTOL`). The repack is then turned off for the rest of the run (evaluations
+    during training would repack again); `keep_standard_4bit_layout` keeps all this a no-op on real runs.
+    """
+    from bitsandbytes import functional as F
+
+    keep_standard_4bit_layout(model)
+    count = 0
+    for module in model.modules():
+        weight: Any = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = F._convert_weight_packed_for_cpu_inverse(weight.data, state)
+            count += 1
+    if count:
+        log.warning("restored %d 4-bit layers from bitsandbytes' CPU inference layout before training", count)
+    return count
+
+
 def force_cpu_4bit_repack(model: Any) -> int:
     """Test hook: take the AVX-512 BF16 repack path on any CPU (what such CPUs do by default)."""
     count = 0
