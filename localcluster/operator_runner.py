@@ -46,11 +46,18 @@ def install_crd(kubeconfig: Path, timeout: float = 60) -> None:
         return proc.stdout
 
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    # Polled rather than `kubectl wait --for=condition=Established`, which fails at once
-    # (".status.conditions accessor error") when it reads the CRD before it has any status.
-    until(lambda: kubectl("get", "crd/finetunejobs.finetune.dev", "-o",
-                          'jsonpath={.status.conditions[?(@.type=="Established")].status}').strip() == "True",
+    # Read as JSON and looked at here: until the API server's establishing controller has run, the
+    # CRD's status.conditions is null, and both `kubectl wait --for=condition=Established`
+    # (".status.conditions accessor error") and a jsonpath filter on the conditions ("<nil> is not
+    # array or slice") fail outright instead of saying "not yet" (seen on a loaded machine).
+    until(lambda: crd_established(json.loads(kubectl("get", "crd/finetunejobs.finetune.dev", "-o", "json"))),
           timeout, "the FineTuneJob CRD to be Established", interval=0.5)
+
+
+def crd_established(crd: dict[str, Any]) -> bool:
+    """Does the API server serve this CRD? False (not an error) while it has no conditions yet."""
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
 class OperatorProcess:

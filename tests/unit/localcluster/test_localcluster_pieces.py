@@ -1,4 +1,4 @@
-"""Pure pieces of the local cluster: fleet file, image table, $(VAR) expansion, downward API."""
+"""Pure pieces of the local cluster: fleet file, image table, $(VAR) expansion, downward API, CRD readiness."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from localcluster.fleet import FleetError, load_fleet
 from localcluster.images import ImageTable
+from localcluster.operator_runner import crd_established
 from localcluster.podfiles import expand, field_value, resource_value
 
 
@@ -65,3 +66,13 @@ def test_downward_api_fields() -> None:
     assert field_value(pod, "spec.nodeName") == "gpu-t4-0"
     assert resource_value(pod, {"resource": "limits.memory", "divisor": "1Mi"}, "main") == "1024"
     assert resource_value(pod, {"resource": "limits.cpu"}, "main") == "2"
+
+
+def test_a_just_created_crd_is_not_established_yet_rather_than_an_error() -> None:
+    # What the API server returns before its establishing controller has run: conditions null.
+    assert crd_established({"status": {"acceptedNames": {"kind": ""}, "conditions": None, "storedVersions": ["v1"]}}) is False
+    assert crd_established({}) is False
+    assert crd_established({"status": {"conditions": [{"type": "NamesAccepted", "status": "True"},
+                                                      {"type": "Established", "status": "False"}]}}) is False
+    assert crd_established({"status": {"conditions": [{"type": "NamesAccepted", "status": "True"},
+                                                      {"type": "Established", "status": "True"}]}}) is True
