@@ -90,7 +90,8 @@ class Controller:
         self.cache = world or WorldCache()
         self.leading = leading
         self.clock = clock
-        self.queue: WorkQueue[Key] = WorkQueue(clock=clock, stats=QueueStats(on_change=observability.queue_event))
+        self.queue: WorkQueue[Key] = WorkQueue(clock=clock, stats=QueueStats(
+            on_change=observability.queue_event, on_wait=observability.queue_wait))
         self.budget = WriteBudget(config.progress_interval_seconds, config.status_writes_per_second, clock=clock)
         self.synced = threading.Event()  # kopf's initial lists are all in the caches
         self._specs: dict[tuple[str, int], reconcile.ParsedSpec] = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -111,16 +112,20 @@ def request(
         if waited:
             observability.RATE_LIMITED_SECONDS.inc(waited)
     observability.API_REQUESTS.labels(method=method).inc()
+    sent = time.monotonic()
     try:
-        resp = api.call_api(
-            url, method, header_params=headers, body=body, auth_settings=["BearerToken"],
-            _preload_content=False, _return_http_data_only=True, _request_timeout=30,
-        )
-    except ApiException as exc:
-        observability.API_ERRORS.labels(method=method, status=str(exc.status or 0)).inc()
-        raise ApiError(int(exc.status or 0), str(exc.reason), str(exc.body or "")) from exc
-    data = resp.data
-    return json.loads(data) if data else {}
+        try:
+            resp = api.call_api(
+                url, method, header_params=headers, body=body, auth_settings=["BearerToken"],
+                _preload_content=False, _return_http_data_only=True, _request_timeout=30,
+            )
+        except ApiException as exc:
+            observability.API_ERRORS.labels(method=method, status=str(exc.status or 0)).inc()
+            raise ApiError(int(exc.status or 0), str(exc.reason), str(exc.body or "")) from exc
+        data = resp.data
+        return json.loads(data) if data else {}
+    finally:
+        observability.API_SECONDS.labels(method=method).observe(time.monotonic() - sent)
 
 
 def server_refused(exc: BaseException) -> bool:

@@ -16,11 +16,20 @@ VALIDATION_FAILURES = Counter("finetune_validation_failures_total", "Jobs refuse
 API_ERRORS = Counter("finetune_api_errors_total", "Failed Kubernetes API calls", ["method", "status"])
 TRANSITIONS = Counter("finetune_state_transitions_total", "State transitions", ["state"])
 API_REQUESTS = Counter("finetune_api_requests_total", "Kubernetes API requests sent by the operator", ["method"])
+API_SECONDS = Histogram(
+    "finetune_api_request_duration_seconds",
+    "Time from sending a Kubernetes API request to its decoded answer (rate-limiter wait excluded)",
+    ["method"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 RATE_LIMITED_SECONDS = Counter("finetune_api_rate_limited_seconds_total",
                                "Seconds API requests waited for the client-side rate limiter")
 QUEUE_DEPTH = Gauge("finetune_workqueue_depth", "Job keys waiting in the work queue (ready to process)")
 QUEUE_DELAYED = Gauge("finetune_workqueue_delayed", "Job keys waiting for a backoff or the progress write budget")
 QUEUE_ADDS = Counter("finetune_workqueue_adds_total", "Job keys added to the work queue")
+QUEUE_WAIT_SECONDS = Histogram(
+    "finetune_workqueue_queue_duration_seconds", "Time a ready job key waited in the work queue for a worker",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 QUEUE_RETRIES = Counter("finetune_workqueue_retries_total", "Reconciles retried after a failure")
 STATUS_WRITES = Counter("finetune_status_writes_total", "Status writes, by kind (progress or change)", ["kind"])
 STATUS_DEFERRED = Counter("finetune_status_writes_deferred_total",
@@ -36,6 +45,10 @@ def queue_event(what: str, value: int) -> None:
         QUEUE_RETRIES.inc(value)
     elif what == "depth":
         QUEUE_DEPTH.set(value)
+
+
+def queue_wait(seconds: float) -> None:
+    QUEUE_WAIT_SECONDS.observe(seconds)
 
 
 class WatchHeartbeat:

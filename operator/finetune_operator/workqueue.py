@@ -6,6 +6,8 @@
 - `retry` re-adds a failed key after an exponential backoff; `forget` resets it.
 - `add_after` delays a key (the progress write budget); an urgent `add` (a phase change)
   overtakes the delay and goes to the front.
+- How long each key sat ready before a worker took it is reported (`QueueStats.waited`,
+  client-go's queue_duration): the share of a reconcile's latency spent waiting for a worker.
 
 Pure and thread-safe; the clock is injected so tests decide what time it is.
 """
@@ -29,7 +31,10 @@ class QueueStats:
 
     adds: int = 0
     retries: int = 0
+    waits: int = 0
+    wait_seconds: float = 0.0
     on_change: Callable[[str, int], None] | None = field(default=None, repr=False)
+    on_wait: Callable[[float], None] | None = field(default=None, repr=False)
 
     def event(self, what: str, value: int = 1) -> None:
         if what == "add":
@@ -38,6 +43,13 @@ class QueueStats:
             self.retries += value
         if self.on_change is not None:
             self.on_change(what, value)
+
+    def waited(self, seconds: float) -> None:
+        """A key was handed to a worker `seconds` after it became ready (time spent queued)."""
+        self.waits += 1
+        self.wait_seconds += seconds
+        if self.on_wait is not None:
+            self.on_wait(seconds)
 
 
 class WorkQueue(Generic[K]):
@@ -55,6 +67,7 @@ class WorkQueue(Generic[K]):
         self._dirty: dict[K, bool] = {}  # added while processing -> urgent
         self._waiting: list[tuple[float, int, K]] = []
         self._ready_at: dict[K, float] = {}
+        self._ready_since: dict[K, float] = {}  # queued key -> when it became ready
         self._seq = 0
         self._failures: dict[K, int] = {}
         self._shut = False
@@ -81,6 +94,7 @@ class WorkQueue(Generic[K]):
                 self._urgent.append(key)  # the stale entry in the normal deque is skipped
             return
         self._queued[key] = urgent
+        self._ready_since[key] = self._clock()
         (self._urgent if urgent else self._normal).append(key)
         self.stats.event("add")
         self.stats.event("depth", len(self._queued))
@@ -146,6 +160,7 @@ class WorkQueue(Generic[K]):
                     del self._queued[key]
                     self._processing.add(key)
                     self.stats.event("depth", len(self._queued))
+                    self.stats.waited(max(0.0, self._clock() - self._ready_since.pop(key)))
                     return key
         return None
 

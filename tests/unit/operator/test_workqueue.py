@@ -98,6 +98,25 @@ def test_delayed_keys_wait_unless_an_urgent_add_comes(clock: Clock) -> None:
     assert queue.get(timeout=0) == "b"
 
 
+def test_queue_wait_counts_from_when_a_key_became_ready(clock: Clock) -> None:
+    seen: list[float] = []
+    queue: WorkQueue[str] = WorkQueue(clock=clock)
+    queue.stats.on_wait = seen.append
+    queue.add("a")
+    clock.now += 3
+    queue.add("a")  # a duplicate add does not restart the wait
+    queue.add("a", urgent=True)  # nor does promoting it to the front
+    clock.now += 1
+    assert queue.get(timeout=0) == "a"
+    queue.done("a")
+    queue.add_after("b", 10)  # the delay is not queue wait: the key was not ready yet
+    clock.now += 10
+    assert queue.get(timeout=0) == "b"
+    queue.done("b")
+    assert seen == [4.0, 0.0]
+    assert queue.stats.waits == 2 and queue.stats.wait_seconds == 4.0
+
+
 def test_token_bucket_allows_a_burst_then_the_rate(clock: Clock) -> None:
     slept: list[float] = []
     bucket = TokenBucket(rate=10, burst=3, clock=clock, sleep=slept.append)
