@@ -216,6 +216,48 @@ def queue_depth(text: str, pattern: re.Pattern[str]) -> float | None:
     return total
 
 
+# Where a reconcile's time goes, from the operator's own metrics (absent on the old design):
+# waiting for a worker, for the client-side limiter, and for the API server's answers.
+SPLIT_FAMILIES = ("finetune_workqueue_queue_duration_seconds", "finetune_api_request_duration_seconds",
+                  "finetune_reconcile_duration_seconds", "finetune_api_rate_limited_seconds")
+
+
+def latency_split(texts: list[str]) -> dict[str, Any]:
+    """Sum the operator replicas' histograms and the limiter's seconds into count, total and mean."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    acc: dict[str, dict[str, float]] = {}
+    buckets: dict[str, dict[float, float]] = {}  # key -> upper bound -> cumulative count
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            if family.name not in SPLIT_FAMILIES:
+                continue
+            for sample in family.samples:
+                method = sample.labels.get("method")
+                key = family.name + (f"{{{method}}}" if method else "")
+                v = acc.setdefault(key, {})
+                if sample.name.endswith("_sum") or sample.name.endswith("_total"):
+                    v["total_s"] = v.get("total_s", 0.0) + sample.value
+                elif sample.name.endswith("_count"):
+                    v["count"] = v.get("count", 0.0) + sample.value
+                elif sample.name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    b = buckets.setdefault(key, {})
+                    b[le] = b.get(le, 0.0) + sample.value
+    out: dict[str, Any] = {}
+    for key, v in sorted(acc.items()):
+        entry: dict[str, Any] = {"total_s": round(v.get("total_s", 0.0), 2)}
+        n = v.get("count")
+        if n is not None:
+            entry["count"] = int(n)
+            entry["mean_s"] = round(v.get("total_s", 0.0) / n, 4) if n else None
+            for q in (0.5, 0.99):  # the bucket bound the quantile falls under (an upper bound)
+                bound = next((le for le, c in sorted(buckets.get(key, {}).items()) if n and c >= q * n), None)
+                entry[f"p{round(q * 100)}_at_most_s"] = bound
+        out[key] = entry
+    return out
+
+
 class Level:
     """One job count: namespace, operator(s), simulator, observer, sampler, creation, teardown."""
 
@@ -231,6 +273,7 @@ class Level:
         self.replica = 0
         self.sim: subprocess.Popen[bytes] | None = None
         self.t0 = 0.0
+        self.split: dict[str, Any] = {}  # latency_split when every job first had its training Job, and at the end
 
     def start_operator(self, wait: bool) -> Any:
         from localcluster.operator_runner import OperatorProcess
@@ -280,10 +323,22 @@ class Level:
                 s["flow"], s["rejected"] = await asyncio.to_thread(self.b.metrics.operator_counts)
             s["states"] = self.state_counts()
             self.samples.append(s)
+            if "all_jobs_created" not in self.split and self.n and len(self.obs.jobs) == self.n \
+                    and all(t.job for t in self.obs.jobs.values()):
+                self.split["all_jobs_created"] = {"t": s["t"], **await asyncio.to_thread(self.scrape_split)}
             try:
                 await asyncio.wait_for(stop.wait(), self.b.args.sample_seconds)
             except asyncio.TimeoutError:
                 pass
+
+    def scrape_split(self) -> dict[str, Any]:
+        texts = []
+        for op in self.alive():
+            try:
+                texts.append(op.metrics())
+            except OSError:
+                continue
+        return latency_split(texts)
 
     def state_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -413,6 +468,7 @@ class Level:
             self.obs.stop.set()
             for w in watches:
                 w.cancel()
+        self.split["end"] = {"t": round(time.time() - t0, 2), **self.scrape_split()}
         self.sim.terminate()
         try:
             self.sim.wait(20)
@@ -524,6 +580,7 @@ class Level:
                          "cpu_s": round(cpu, 1), "events": events, "events_by_kind": dict(self.obs.events),
                          "cpu_s_per_1000_events": round(1000 * cpu / events, 2) if events else None,
                          "replicas_started": self.replica},
+            "latency_split": self.split,
             "queue_depth": [[s["t"], s["queue_depth"]] for s in self.samples if s.get("queue_depth") is not None],
             "simulator": {"cpu_s": round(last["sim_cpu"] - first["sim_cpu"], 1), **sim_counts},
             "kwok_cpu_s": round(last["kwok_cpu"] - first["kwok_cpu"], 1),

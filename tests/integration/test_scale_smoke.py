@@ -53,3 +53,11 @@ def test_scale_bench_smoke(tmp_path: Path) -> None:
     assert run["operator"]["rss_max_mib"] > 0 and run["operator"]["events"] > 0
     assert run["simulator"]["progress_writes"] == 20 and run["simulator"]["finished"] == 10
     assert "cpu_s" in run["simulator"] and "kwok_cpu_s" in run
+    # Where the reconciles' time went, from the operator's own histograms: every job was taken from
+    # the queue at least once, and its children were created (POST) with their answer times counted.
+    split = run["latency_split"]
+    assert set(split) == {"all_jobs_created", "end"}, split
+    waits = split["end"]["finetune_workqueue_queue_duration_seconds"]
+    assert waits["count"] >= 5 and waits["mean_s"] is not None, waits
+    posts = split["end"]["finetune_api_request_duration_seconds{POST}"]
+    assert posts["count"] >= 10 and posts["total_s"] > 0, posts
