@@ -172,7 +172,9 @@ def test_deadline_exceeded(jobs: Jobs, start_operator: Any) -> None:
 
 
 def test_suspend_keeps_the_checkpoint_and_resume_continues(jobs: Jobs, start_operator: Any) -> None:
-    start_operator(trainer_image="ghcr.io/finetune-operator/trainer:test-slow")
+    # The first trainer waits after its first checkpoint until SIGTERM: the suspension always
+    # meets a run in progress, however fast this machine trains and the status arrives.
+    start_operator(trainer_image="ghcr.io/finetune-operator/trainer:test-hold")
     name = unique("suspend")
     jobs.create(manifest(name, training={"maxSteps": 10, "microBatchSize": 2, "gradientAccumulation": 1,
                                          "checkpoint": {"everySteps": 2, "keep": 2}},
@@ -188,6 +190,7 @@ def test_suspend_keeps_the_checkpoint_and_resume_continues(jobs: Jobs, start_ope
     status = jobs.wait_state(name, "Succeeded", timeout=600)["status"]
     assert status["attempts"] >= 2
     assert "resum" in _pod_logs(jobs, name).lower()
+    assert status["adapter"]["uri"]
 
 
 def test_delete_while_running_removes_pods_and_keeps_s3(jobs: Jobs, start_operator: Any, s3_client: Any) -> None:

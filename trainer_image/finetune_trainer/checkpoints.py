@@ -140,10 +140,13 @@ def make_checkpoint_callback(
         def __init__(self) -> None:
             self.last_time = time.monotonic()
             self.last_uploaded: RemoteCheckpoint | None = None
+            self.started_at_step = 0
+            self.held = False
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             flag.in_training_loop = True
             self.last_time = time.monotonic()
+            self.started_at_step = int(state.global_step)  # > 0: resumed from a checkpoint
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             flag.in_training_loop = False
@@ -194,8 +197,23 @@ def make_checkpoint_callback(
             removed = prune(store, keep)
             log.info("checkpoint %d complete at %s (removed %s)", step, store.uri(rel), removed or "none")
             progress.update(phase="training", lastCheckpoint={"step": step, "uri": store.uri(rel)}, force=True)
+            if hooks.get("hold_after_first_checkpoint") and self.started_at_step == 0 and not self.held:
+                self.held = True
+                _hold_until_sigterm(flag, step)
 
     return CheckpointSync()
+
+
+def _hold_until_sigterm(flag: InterruptFlag, step: int, limit_seconds: float = 600.0) -> None:
+    """Test hook: a first run waits after its first checkpoint until it is told to stop.
+
+    So a test can suspend, delete or lose the pod while the run is known to be between two
+    checkpoints, however fast the machine trains and however slowly the status arrives.
+    """
+    log.warning("test hook: holding after checkpoint %d until SIGTERM", step)
+    deadline = time.monotonic() + limit_seconds
+    while not flag.requested and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _agree(local: bool, world_size: int) -> bool:
