@@ -101,6 +101,33 @@ def test_sigterm_mid_run_saves_a_checkpoint_and_exits_13(harness, s3_model_uri):
     assert not any(k.startswith(prefix + "adapter/") for k in harness.keys(prefix))
 
 
+def test_the_hold_hook_waits_after_the_first_checkpoint_until_sigterm_and_a_resume_does_not(harness, s3_model_uri):
+    # The hook the cluster tests use to suspend or lose a pod between two checkpoints on any machine.
+    data_uri = harness.put_dataset("chat.jsonl", chat_records(60))
+    config, cfg = harness.config(
+        "hold", base_model_uri=s3_model_uri, dataset_uri=data_uri, max_steps=6, checkpoint_interval_steps=2
+    )
+    prefix = harness.prefix(cfg)
+    hold = json.dumps({"hold_after_first_checkpoint": True})
+    proc = harness.popen("hold", "--config", config, FINETUNE_TRAINER_TEST_HOOKS=hold)
+    try:
+        log = harness.root / "hold.log"
+        _wait_for(lambda: "holding after checkpoint 2 until SIGTERM" in log.read_text(errors="replace"), proc)
+        assert prefix + "checkpoints/checkpoint-2/_COMPLETE" in harness.keys(prefix)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 13
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    message = harness.termination("hold")
+    step = message["details"]["lastCheckpointStep"] if "details" in message else message["lastCheckpointStep"]
+    assert step == 3  # one more step after the hold, then the SIGTERM checkpoint: it never trained on
+    resumed = harness.run("hold-resumed", "--config", config, FINETUNE_TRAINER_TEST_HOOKS=hold)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]  # a resumed run does not hold
+    assert "resuming from checkpoint 3" in resumed.stderr and "holding" not in resumed.stderr
+    assert json.loads(harness.read(prefix + "adapter/manifest.json"))["results"]["globalStep"] == 6
+
+
 def test_a_run_stopped_and_resumed_twice_ends_with_the_uninterrupted_adapter(harness, s3_model_uri, monkeypatch):
     """Issue 12: resume restores weights, optimizer, scheduler, RNG and data position, so the adapter of
     a run stopped twice (SIGTERM mid-interval, then a crash redoing a step in the second epoch) is the
