@@ -107,14 +107,14 @@ def restore_standard_4bit_layout(model: Any) -> int:
     tolerance, `SCALE_RTOL`). The repack is then turned off for the rest of the run (evaluations
     during training would repack again); `keep_standard_4bit_layout` keeps all this a no-op on real runs.
     """
-    from bitsandbytes import functional as F
-
     keep_standard_4bit_layout(model)
     count = 0
     for module in model.modules():
         weight: Any = getattr(module, "weight", None)
         state = getattr(weight, "quant_state", None)
         if state is not None and getattr(state, "packing_format_for_cpu", False):
+            from bitsandbytes import functional as F  # only a 4-bit model gets here
+
             weight.data, weight.quant_state = F._convert_weight_packed_for_cpu_inverse(weight.data, state)
             count += 1
     if count:
