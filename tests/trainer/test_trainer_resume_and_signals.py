@@ -21,6 +21,16 @@ SLOW_STEPS = json.dumps({"step_delay_seconds": 1.5})
 RESUME_TOLERANCE = 1e-6
 
 
+def _sigterm_exits_13(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 13
+
+
+def _last_checkpoint_step(message: dict) -> int:
+    """The step of the checkpoint saved on SIGTERM, from the trainer's termination message."""
+    return int(message["details"]["lastCheckpointStep"] if "details" in message else message["lastCheckpointStep"])
+
+
 def _wait_for(predicate, proc: subprocess.Popen[str], timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -85,14 +95,13 @@ def test_sigterm_mid_run_saves_a_checkpoint_and_exits_13(harness, s3_model_uri):
         _wait_for(lambda: prefix + "reports/baseline.json" in harness.keys(prefix), proc)
         log = harness.root / "sigterm.log"
         _wait_for(lambda: '"trainLoss"' in log.read_text(errors="replace"), proc)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 13
+        _sigterm_exits_13(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
     message = harness.termination("sigterm")
     assert message["class"] == "Interrupted" and message["exitCode"] == 13
-    step = message["details"]["lastCheckpointStep"] if "details" in message else message["lastCheckpointStep"]
+    step = _last_checkpoint_step(message)
     assert 0 < step < 50
     marker = json.loads(harness.read(prefix + f"checkpoints/checkpoint-{step}/_COMPLETE"))
     assert {"optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json", "adapter_model.safetensors"} <= set(
@@ -114,13 +123,11 @@ def test_the_hold_hook_waits_after_the_first_checkpoint_until_sigterm_and_a_resu
         log = harness.root / "hold.log"
         _wait_for(lambda: "holding after checkpoint 2 until SIGTERM" in log.read_text(errors="replace"), proc)
         assert prefix + "checkpoints/checkpoint-2/_COMPLETE" in harness.keys(prefix)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 13
+        _sigterm_exits_13(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
-    message = harness.termination("hold")
-    step = message["details"]["lastCheckpointStep"] if "details" in message else message["lastCheckpointStep"]
+    step = _last_checkpoint_step(harness.termination("hold"))
     assert step == 3  # one more step after the hold, then the SIGTERM checkpoint: it never trained on
     resumed = harness.run("hold-resumed", "--config", config, FINETUNE_TRAINER_TEST_HOOKS=hold)
     assert resumed.returncode == 0, resumed.stderr[-4000:]  # a resumed run does not hold
