@@ -100,7 +100,10 @@ def test_a_trainer_pod_deleted_again_and_again_ends_like_an_uninterrupted_run(
     `make test` deletes twice (one of each); `make bench-faults` five times (FTO_FAULT_DELETIONS)."""
     start_operator(trainer_image="ghcr.io/finetune-operator/trainer:test-slow")
     interval = 4
-    training = {"maxSteps": 8 + 5 * DELETIONS, "microBatchSize": 2, "gradientAccumulation": 1, "learningRate": "1e-3",
+    # Room for every deletion on any machine: a target lies 2-4 steps past the step last seen, and
+    # progress shows it within one write interval (5 s ≈ 5-6 steps at ≥ 1 s a step), so each
+    # deletion lands at most 10 steps after the previous one; 8 steps are left over at the end.
+    training = {"maxSteps": 8 + 10 * DELETIONS, "microBatchSize": 2, "gradientAccumulation": 1, "learningRate": "1e-3",
                 "checkpoint": {"everySteps": interval, "keep": 2}}
     steady, hit = unique("steady"), unique("deleted")
     uids = {n: jobs.create(manifest(n, training=training, runPolicy={"backoffLimit": 0}))["metadata"]["uid"]
