@@ -124,7 +124,7 @@ def main() -> int:
     per_sweep, _ = rate(all_estimates, args.seconds)
     print(f"estimate only:                         {per_sweep * len(archs):,.0f} estimates/s "
           f"({1e6 / (per_sweep * len(archs)):.1f} us/estimate)")
-    # Every placement writes the trainer's ConfigMap (train.yaml): the YAML emitter, side by side.
+    # Every placement renders the trainer's train.yaml (into the pod template): the YAML emitter, side by side.
     import yaml
 
     from finetune_operator import builders

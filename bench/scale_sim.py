@@ -4,8 +4,9 @@
 
 kwok makes a pod Running; this process plays its container as the real image would, through
 the contract (docs/contract.md) and nothing else:
-- it reads the pod's mounted ``trainer-config`` ConfigMap (``train.yaml``: job name and uid,
-  output URI, progress ConfigMap), as the real container reads the mounted file;
+- it reads the pod's configuration (``train.yaml`` or ``inspect.yaml``: job name and uid, output
+  URI, progress ConfigMap) from the pod's annotation, the one the real container reads as a file
+  through its downward-API volume (or the ConfigMap an older operator mounted);
 - an inspection pod ends after ``--inspect-seconds`` with exit 0 and the inspection summary
   (architecture of Llama-3.2-1B and data statistics) as its termination message;
 - a training pod merge-patches ``progress.json`` into its progress ConfigMap every
@@ -31,6 +32,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_kube import Kube, KubeError, Obj, now_rfc3339  # noqa: E402
+
+# The pod annotation holding the trainer's configuration file (docs/contract.md).
+CONFIG_ANNOTATION = "finetune.dev/trainer-config"
 
 # Llama-3.2-1B's config.json fields the estimate needs (public facts), as inspection reports them.
 ARCHITECTURE = {
@@ -113,9 +117,16 @@ class Simulator:
         task.add_done_callback(self.tasks.discard)
 
     async def config_of(self, pod: Obj) -> dict[str, Any]:
-        name = next(v["configMap"]["name"] for v in pod["spec"]["volumes"] if v.get("name") == "trainer-config")
-        cm = await self.kube.request("GET", f"/api/v1/namespaces/{self.ns}/configmaps/{name}")
-        return dict(yaml.safe_load((cm.get("data") or {}).get("train.yaml") or "{}") or {})
+        """The file the pod's volume holds: the operator's configuration annotation (its downward-API
+        volume), or, from an operator older than 2026-12-08, the ConfigMap it mounts (read as the
+        kubelet would, one GET; so before/after runs of the bench each cost what they cost)."""
+        text = (pod["metadata"].get("annotations") or {}).get(CONFIG_ANNOTATION)
+        if text is None:
+            volume = next(v for v in pod["spec"]["volumes"] if v.get("name") == "trainer-config")
+            name = volume["configMap"]["name"]
+            cm = await self.kube.request("GET", f"/api/v1/namespaces/{self.ns}/configmaps/{name}")
+            text = next(iter((cm.get("data") or {}).values()), "{}")
+        return dict(yaml.safe_load(text) or {})
 
     async def play(self, pod: Obj, component: str) -> None:
         try:

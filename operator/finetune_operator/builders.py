@@ -18,6 +18,10 @@ from finetune_operator.config import OperatorConfig
 
 TRAINER_CONFIG_PATH = "/etc/finetune/train.yaml"
 INSPECT_CONFIG_PATH = "/etc/finetune/inspect.yaml"
+# On the inspection pod and the training Job's pod template; the pod's downward-API volume
+# turns the first into the file at *_CONFIG_PATH.
+CONFIG_ANNOTATION = "finetune.dev/trainer-config"
+SPEC_HASH_ANNOTATION = naming.SPEC_HASH_ANNOTATION
 CA_BUNDLE_DIR = "/etc/finetune/ca"
 TERMINATION_LOG = "/dev/termination-log"
 
@@ -187,25 +191,25 @@ def dump_yaml(data: dict[str, Any]) -> str:
     return yaml.dump(data, Dumper=_DUMPER, sort_keys=True)
 
 
-def trainer_configmap(
+def rendered_config(
     body: dict[str, Any], spec: FineTuneJobSpec, config: OperatorConfig, resolved: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The trainer configuration as a ConfigMap: inspect.yaml (resolved None) or train.yaml.
+) -> str:
+    """The trainer configuration file: inspect.yaml (resolved None) or train.yaml."""
+    return dump_yaml(trainer_config(spec, body["metadata"], config, resolved))
 
-    Two ConfigMaps, each written once and never changed: a resumed run reads exactly the
-    values its first attempt used.
+
+def config_annotations(
+    body: dict[str, Any], spec: FineTuneJobSpec, config: OperatorConfig, resolved: dict[str, Any] | None
+) -> dict[str, str]:
+    """The annotations a trainer pod carries: its configuration file and the spec hash it came from.
+
+    The pod reads the file through a downward-API volume (`_pod_spec`), so the configuration
+    travels inside the pod object itself: no ConfigMap to create first (one write less on each
+    create step), none that can be missing or changed, and a Job's pod template is immutable, so
+    every attempt of a run reads exactly the values its first one used.
     """
-    name = body["metadata"]["name"]
-    if resolved is None:
-        cm = _base("ConfigMap", "v1", naming.inspect_config(name), body, "inspect-config")
-        key = "inspect.yaml"
-    else:
-        cm = _base("ConfigMap", "v1", naming.trainer_config(name), body, "trainer-config")
-        key = "train.yaml"
-    cm["metadata"]["annotations"] = {"finetune.dev/spec-hash": spec_hash(body["spec"])}
-    cm["data"] = {key: dump_yaml(trainer_config(spec, body["metadata"], config, resolved))}
-    cm["immutable"] = True
-    return cm
+    return {CONFIG_ANNOTATION: rendered_config(body, spec, config, resolved),
+            SPEC_HASH_ANNOTATION: spec_hash(body["spec"])}
 
 
 def progress_configmap(body: dict[str, Any]) -> dict[str, Any]:
@@ -305,8 +309,9 @@ def _pod_spec(
         {"name": "cache", "mountPath": "/cache"},
     ]
     volumes: list[dict[str, Any]] = [
-        {"name": "trainer-config", "configMap": {
-            "name": naming.inspect_config(name) if mode == "inspect" else naming.trainer_config(name)}},
+        {"name": "trainer-config", "downwardAPI": {"items": [{
+            "path": config_path.rsplit("/", 1)[1],
+            "fieldRef": {"fieldPath": f"metadata.annotations['{CONFIG_ANNOTATION}']"}}]}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "cache", "emptyDir": {}},
     ]
@@ -397,16 +402,20 @@ def node_lost_tolerations(config: OperatorConfig, existing: list[dict[str, Any]]
 def inspection_pod(body: dict[str, Any], spec: FineTuneJobSpec, config: OperatorConfig) -> dict[str, Any]:
     """A CPU-only pod running `finetune-trainer inspect` with the job's credentials."""
     pod = _base("Pod", "v1", naming.inspection_pod(body["metadata"]["name"]), body, "inspection")
+    pod["metadata"]["annotations"] = config_annotations(body, spec, config, None)
     pod["spec"] = _pod_spec(body, spec, config, mode="inspect", node_affinity=None)
     return pod
 
 
 def training_job(
-    body: dict[str, Any], spec: FineTuneJobSpec, config: OperatorConfig, node_affinity: dict[str, Any] | None
+    body: dict[str, Any], spec: FineTuneJobSpec, config: OperatorConfig, node_affinity: dict[str, Any] | None,
+    resolved: dict[str, Any],
 ) -> dict[str, Any]:
-    """The batch/v1 Job running the trainer on the GPUs."""
+    """The batch/v1 Job running the trainer on the GPUs with the placement's `resolved` values."""
     name = body["metadata"]["name"]
     job = _base("Job", "batch/v1", naming.training_job(name), body, "training")
+    annotations = config_annotations(body, spec, config, resolved)
+    job["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: annotations[SPEC_HASH_ANNOTATION]}
     policy = spec.run_policy
     template_labels = naming.labels(name, body["metadata"]["uid"], "training")
     kueue = spec.resources.kueue_queue
@@ -428,7 +437,7 @@ def training_job(
         # Kueue owns suspend of queued Jobs; otherwise it follows runPolicy.suspend.
         "suspend": True if kueue else policy.suspend,
         "template": {
-            "metadata": {"labels": template_labels},
+            "metadata": {"labels": template_labels, "annotations": annotations},
             "spec": _pod_spec(body, spec, config, mode="train", node_affinity=node_affinity),
         },
     }

@@ -59,6 +59,7 @@ class PodFacts:
     waiting_message: str = ""
     termination: TerminationFacts | None = None
     conditions: tuple[ConditionFacts, ...] = ()
+    spec_hash: str | None = None  # of the spec its configuration was rendered from
 
     def condition(self, type_: str) -> ConditionFacts | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -75,6 +76,7 @@ class JobFacts:
     finished: bool
     conditions: tuple[ConditionFacts, ...] = ()
     failed: int = 0  # pods the Job counted as failed (podFailurePolicy's ignored ones are not)
+    spec_hash: str | None = None  # of the spec its pods' configuration was rendered from
 
     def condition(self, type_: str) -> ConditionFacts | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -90,7 +92,6 @@ class ConfigMapFacts:
     name: str
     uid: str
     owner_uid: str | None
-    spec_hash: str | None
     progress: Mapping[str, Any] | None = None  # the decoded progress.json of the progress ConfigMap
 
 
@@ -145,6 +146,11 @@ def _decode(message: str) -> dict[str, Any]:
     return decoded if isinstance(decoded, dict) else {"message": str(decoded)}
 
 
+def _spec_hash(obj: Mapping[str, Any]) -> str | None:
+    value = (_meta(obj).get("annotations") or {}).get(naming.SPEC_HASH_ANNOTATION)
+    return str(value) if value else None
+
+
 def owner_uid(obj: Mapping[str, Any]) -> str | None:
     """The owning FineTuneJob's UID: the controller reference, else our UID label (a Job's pods)."""
     for ref in _meta(obj).get("ownerReferences") or []:
@@ -176,6 +182,7 @@ def pod_facts(obj: Mapping[str, Any]) -> PodFacts:
         deleting=bool(meta.get("deletionTimestamp")), phase=status.get("phase"), node=spec.get("nodeName"),
         image=containers[0].get("image"), waiting_reason=waiting_reason, waiting_message=waiting_message,
         termination=termination, conditions=_conditions(status.get("conditions"), POD_CONDITIONS),
+        spec_hash=_spec_hash(obj),
     )
 
 
@@ -187,7 +194,7 @@ def job_facts(obj: Mapping[str, Any]) -> JobFacts:
         active=int(status.get("active") or 0), failed=int(status.get("failed") or 0),
         finished=bool(status.get("completionTime")) or any(
             c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in status.get("conditions") or []),
-        conditions=_conditions(status.get("conditions")),
+        conditions=_conditions(status.get("conditions")), spec_hash=_spec_hash(obj),
     )
 
 
@@ -199,8 +206,7 @@ def configmap_facts(obj: Mapping[str, Any]) -> ConfigMapFacts:
         progress = {}  # not JSON: ignored, as a trainer mid-write would otherwise blank the status
     return ConfigMapFacts(
         namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""), uid=str(meta.get("uid") or ""),
-        owner_uid=owner_uid(obj), spec_hash=(meta.get("annotations") or {}).get("finetune.dev/spec-hash"),
-        progress=progress,
+        owner_uid=owner_uid(obj), progress=progress,
     )
 
 

@@ -238,8 +238,6 @@ class Controller:
         ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
         kids = self.cache.children(uid)
         obs = reconcile.Observed(body=body, parsed=self.parsed_spec(body), resolve=reach.system_resolver)
-        obs.inspect_config = kids.configmaps.get(naming.inspect_config(name))
-        obs.trainer_config = kids.configmaps.get(naming.trainer_config(name))
         obs.job = kids.jobs.get(naming.training_job(name))
         obs.nodes = self.cache.nodes()
         obs.node_index = self.cache.nodes_by_name()

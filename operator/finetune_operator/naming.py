@@ -13,6 +13,8 @@ MANAGED_BY = "finetune-operator"
 JOB_LABEL = "finetune.dev/job"
 UID_LABEL = "finetune.dev/job-uid"
 COMPONENT_LABEL = "app.kubernetes.io/component"
+# The spec hash a trainer's configuration was rendered from (on the inspection pod and the training Job).
+SPEC_HASH_ANNOTATION = "finetune.dev/spec-hash"
 
 # Job names feed the `batch.kubernetes.io/job-name` label of their pods: 63 characters at most.
 _MAX = 63
@@ -33,14 +35,6 @@ def training_job(name: str) -> str:
 
 def inspection_pod(name: str) -> str:
     return _bounded(name, "inspect")
-
-
-def trainer_config(name: str) -> str:
-    return _bounded(name, "trainer-config")
-
-
-def inspect_config(name: str) -> str:
-    return _bounded(name, "inspect-config")
 
 
 def progress(name: str) -> str:

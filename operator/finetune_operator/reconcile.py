@@ -17,7 +17,7 @@ from typing import Any
 from finetune_operator import api, builders, catalog, gpus, naming, placement, reach
 from finetune_operator import conditions as cond
 from finetune_operator.arch import Architecture
-from finetune_operator.cache import ConditionFacts, ConfigMapFacts, JobFacts, PodFacts
+from finetune_operator.cache import ConditionFacts, JobFacts, PodFacts
 from finetune_operator.config import OperatorConfig
 
 TERMINAL = cond.TERMINAL_STATES
@@ -44,8 +44,6 @@ class Observed:
     """Everything the decision depends on, as typed facts from the watch caches."""
 
     body: dict[str, Any]
-    inspect_config: ConfigMapFacts | None = None
-    trainer_config: ConfigMapFacts | None = None
     inspect_pod: PodFacts | None = None
     job: JobFacts | None = None
     pods: list[PodFacts] = field(default_factory=list)
@@ -241,8 +239,8 @@ def _decide(obs: Observed, config: OperatorConfig, st: _Status, result: Plan) ->
 def _spec_drift(obs: Observed, body: dict[str, Any]) -> str:
     """A message when the spec changed after the run was configured (the CRD should refuse it)."""
     current = builders.spec_hash(body["spec"])
-    for cm in (obs.trainer_config, obs.inspect_config):
-        recorded = cm.spec_hash if cm is not None else None
+    for child in (obs.job, obs.inspect_pod):
+        recorded = child.spec_hash if child is not None else None
         if recorded and recorded != current:
             return ("the spec changed after the job started and the change is NOT applied; "
                     "delete and re-create the FineTuneJob to change it (only runPolicy.suspend may change)")
@@ -254,8 +252,6 @@ def _inspect(
 ) -> Architecture | None:
     """Run (or read) the CPU-only inspection; the model architecture when it has passed."""
     body = obs.body
-    if obs.inspect_config is None:
-        result.ensure.append(builders.trainer_configmap(body, spec, config, None))
     pod = obs.inspect_pod
     if pod is None:
         result.ensure.append(builders.inspection_pod(body, spec, config))
@@ -374,8 +370,7 @@ def _place(
     body = obs.body
     result.ensure.extend([
         *_trainer_access(body, config),
-        builders.trainer_configmap(body, spec, config, resolved),
-        builders.training_job(body, spec, config, decision.node_affinity),
+        builders.training_job(body, spec, config, decision.node_affinity, resolved),
     ])
     st.data["jobName"] = naming.training_job(body["metadata"]["name"])
     return True

@@ -89,39 +89,42 @@ def test_a_predecessors_child_is_reported_not_adopted_and_the_job_goes_on_once_i
 ) -> None:
     start_operator()
     name = unique("squat")
-    squatted = naming.inspect_config(name)
+    squatted = naming.inspection_pod(name)
     predecessor = _owner(jobs.core, jobs.namespace, f"{name}-predecessor")
-    jobs.core.create_namespaced_config_map(jobs.namespace, _child(jobs.namespace, squatted, predecessor, "old"))
+    # the predecessor's pod holds the name; it is never scheduled (no node has the label)
+    jobs.core.create_namespaced_pod(jobs.namespace, {
+        "metadata": {"name": squatted, "ownerReferences": [predecessor], "annotations": {"who": "predecessor"}},
+        "spec": {"nodeSelector": {"finetune.test/nowhere": "true"},
+                 "containers": [{"name": "c", "image": "ghcr.io/finetune-operator/predecessor:never"}]}})
     jobs.create(manifest(name))
 
     body = jobs.wait(name, lambda b: _condition(b, conditions.SCHEDULED).get("reason") == conditions.WAITING_FOR_PREDECESSOR,
                      120, "Scheduled/WaitingForPredecessor")
     message = _condition(body, conditions.SCHEDULED)["message"]
-    assert f"ConfigMap {jobs.namespace}/{squatted} belongs to another owner (uid {predecessor['uid']})" in message
-    kept = jobs.core.read_namespaced_config_map(squatted, jobs.namespace)
-    assert kept.data == {"value": "old"} and [r.uid for r in kept.metadata.owner_references] == [predecessor["uid"]]
+    assert f"Pod {jobs.namespace}/{squatted} belongs to another owner (uid {predecessor['uid']})" in message
+    kept = jobs.core.read_namespaced_pod(squatted, jobs.namespace)
+    assert kept.metadata.annotations == {"who": "predecessor"}
+    assert [r.uid for r in kept.metadata.owner_references] == [predecessor["uid"]]
     assert jobs.pods(f"finetune.dev/job={name}") == []
 
     # The predecessor goes; garbage collection removes its child; the next pass creates ours.
     jobs.core.delete_namespaced_config_map(predecessor["name"], jobs.namespace,
                                            body=client.V1DeleteOptions(propagation_policy="Foreground"))
     uid = jobs.get(name)["metadata"]["uid"]
-    cm = until(lambda: _owned_by(jobs, squatted, uid), 120, f"{squatted} recreated for the job")
-    assert "data" in cm
+    until(lambda: _owned_by(jobs, squatted, uid), 120, f"{squatted} recreated for the job")
     jobs.wait(name, lambda b: _condition(b, conditions.SCHEDULED).get("reason") != conditions.WAITING_FOR_PREDECESSOR,
               120, "the waiting condition cleared")
     jobs.delete(name)
 
 
-def _owned_by(jobs: Jobs, name: str, uid: str) -> dict[str, Any] | None:
+def _owned_by(jobs: Jobs, name: str, uid: str) -> bool:
     try:
-        cm = jobs.core.read_namespaced_config_map(name, jobs.namespace)
+        pod = jobs.core.read_namespaced_pod(name, jobs.namespace)
     except client.ApiException as exc:
         if exc.status == 404:
-            return None
+            return False
         raise
-    refs = cm.metadata.owner_references or []
-    return {"data": cm.data} if any(r.controller and r.uid == uid for r in refs) else None
+    return any(r.controller and r.uid == uid for r in pod.metadata.owner_references or [])
 
 
 def test_a_job_waits_for_capacity_and_is_placed_when_a_node_that_fits_appears(

@@ -58,7 +58,7 @@ def test_restricted_namespace_least_privilege_and_no_secret_in_sight(
     assert _sar(k8s_api, sa, ns, "patch", "configmaps", f"{name}-progress")
     assert _sar(k8s_api, sa, ns, "get", "configmaps", f"{name}-progress")
     denied = [
-        ("patch", "configmaps", "other-job-progress", ""), ("get", "configmaps", f"{name}-trainer-config", ""),
+        ("patch", "configmaps", "other-job-progress", ""), ("get", "configmaps", "other-job-progress", ""),
         ("list", "configmaps", "", ""), ("create", "configmaps", "", ""), ("delete", "configmaps", f"{name}-progress", ""),
         ("get", "secrets", "s3-creds", ""), ("list", "secrets", "", ""), ("create", "pods", "", ""),
         ("get", "pods", "", ""), ("patch", "finetunejobs", name, "finetune.dev"), ("create", "jobs", "", "batch"),

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mounted_config import mounted_config
 
 from finetune_operator import builders
 from finetune_operator.api import FineTuneJobSpec
@@ -33,9 +34,13 @@ def test_operator_config_parses_with_the_trainer_parser(example: str, resolved: 
     body = copy.deepcopy(BODY)
     body["spec"] = manifest["spec"]
     spec = FineTuneJobSpec.model_validate(body["spec"])
-    cm = builders.trainer_configmap(body, spec, OperatorConfig(), resolved)
-    (key, text), = cm["data"].items()
-    path = tmp_path / key
+    if resolved is None:
+        pod = builders.inspection_pod(body, spec, OperatorConfig())
+    else:
+        pod = builders.training_job(body, spec, OperatorConfig(), None, resolved)["spec"]["template"]
+    # the file as the pod's volume holds it, where the container's arguments say
+    name, text = mounted_config(pod["metadata"], pod["spec"])
+    path = tmp_path / name
     path.write_text(text)
     cfg = parse_config(["--config", str(path)])
     assert cfg.job.job_uid == BODY["metadata"]["uid"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from mounted_config import mounted_config
 
 from finetune_operator import builders, naming
 from finetune_operator.api import FineTuneJobSpec
@@ -15,12 +16,19 @@ RESOLVED = {"loraAlpha": 32, "targetModules": ["q_proj", "v_proj"], "computeDtyp
             "microBatchSize": 2, "gradientAccumulation": 8}
 
 
-def _job(body: dict[str, Any], **spec_changes: Any) -> dict[str, Any]:
+def _job(body: dict[str, Any], resolved: dict[str, Any] | None = None, **spec_changes: Any) -> dict[str, Any]:
     body["spec"].update(spec_changes)
     spec = FineTuneJobSpec.model_validate(body["spec"])
     affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
         {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}]}]}}
-    return builders.training_job(body, spec, CONFIG, affinity)
+    return builders.training_job(body, spec, CONFIG, affinity, resolved or RESOLVED)
+
+
+def _train_yaml(body: dict[str, Any], resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    template = _job(body, resolved)["spec"]["template"]
+    filename, text = mounted_config(template["metadata"], template["spec"])
+    assert filename == "train.yaml"
+    return dict(yaml.safe_load(text))
 
 
 def test_job_is_owned_named_and_labelled(body: dict[str, Any]) -> None:
@@ -98,13 +106,26 @@ def test_inspection_pod_is_cpu_only_without_api_access(body: dict[str, Any]) -> 
     assert pod["metadata"]["name"] == "llama-chat-inspect"
 
 
+def test_the_inspection_pod_carries_its_configuration_and_spec_hash(body: dict[str, Any]) -> None:
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    pod = builders.inspection_pod(body, spec, CONFIG)
+    filename, text = mounted_config(pod["metadata"], pod["spec"])
+    assert filename == "inspect.yaml"
+    cfg = yaml.safe_load(text)
+    assert cfg == builders.trainer_config(spec, body["metadata"], CONFIG, None)
+    assert cfg["expect_gpus"] == 0 and cfg["progress_configmap"] == ""  # no GPU decisions, no progress channel
+    assert pod["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION] == builders.spec_hash(body["spec"])
+
+
 def test_trainer_config_carries_resolved_values_and_the_run_identity(body: dict[str, Any]) -> None:
     spec = FineTuneJobSpec.model_validate(body["spec"])
-    cm = builders.trainer_configmap(body, spec, CONFIG, RESOLVED)
-    cfg = yaml.safe_load(cm["data"]["train.yaml"])
+    job = _job(body)
+    cfg = _train_yaml(body)
     # what the trainer reads back is what was built, whichever YAML emitter wrote it
     assert cfg == builders.trainer_config(spec, body["metadata"], CONFIG, RESOLVED)
-    assert cm["immutable"] is True
+    # in the Job's pod template (immutable: every attempt reads the same file), with the spec hash
+    assert job["metadata"]["annotations"] == {naming.SPEC_HASH_ANNOTATION: builders.spec_hash(body["spec"])}
+    assert job["spec"]["template"]["metadata"]["annotations"][naming.SPEC_HASH_ANNOTATION] == builders.spec_hash(body["spec"])
     assert cfg["per_device_train_batch_size"] == 2 and cfg["gradient_accumulation_steps"] == 8
     assert cfg["lora_alpha"] == 32 and cfg["lora_target_modules"] == ["q_proj", "v_proj"]
     assert cfg["dtype"] == "bfloat16" and cfg["load_in_4bit"] is True and cfg["use_bnb_nested_quant"] is True
@@ -117,20 +138,17 @@ def test_trainer_config_carries_resolved_values_and_the_run_identity(body: dict[
 
 def test_train_on_inputs_reaches_the_trainer(body: dict[str, Any]) -> None:
     body["spec"]["dataset"]["trainOnInputs"] = True
-    spec = FineTuneJobSpec.model_validate(body["spec"])
-    cfg = yaml.safe_load(builders.trainer_configmap(body, spec, CONFIG, RESOLVED)["data"]["train.yaml"])
-    assert cfg["train_on_inputs"] is True
+    assert _train_yaml(body)["train_on_inputs"] is True
 
 
 def test_trainer_config_splits_expert_parameters_and_passes_auto_dtype(body: dict[str, Any]) -> None:
     """MoE experts go to PEFT's target_parameters; a dtype left to the GPU reaches the trainer as auto."""
-    spec = FineTuneJobSpec.model_validate(body["spec"])
     resolved = {**RESOLVED, "computeDtype": "auto", "targetModules": ["q_proj", "experts.gate_up_proj", "experts.down_proj"]}
-    cfg = yaml.safe_load(builders.trainer_configmap(body, spec, CONFIG, resolved)["data"]["train.yaml"])
+    cfg = _train_yaml(body, resolved)
     assert cfg["lora_target_modules"] == ["q_proj"]
     assert cfg["lora_target_parameters"] == ["experts.gate_up_proj", "experts.down_proj"]
     assert cfg["dtype"] == "auto"
-    dense = yaml.safe_load(builders.trainer_configmap(body, spec, CONFIG, RESOLVED)["data"]["train.yaml"])
+    dense = _train_yaml(body)
     assert "lora_target_parameters" not in dense
 
 
@@ -152,7 +170,22 @@ def test_spec_hash_ignores_suspend_only(body: dict[str, Any]) -> None:
 
 def test_long_names_stay_within_label_limits() -> None:
     name = "a" * 60
-    for fn in (naming.training_job, naming.inspection_pod, naming.progress, naming.trainer_config):
+    for fn in (naming.training_job, naming.inspection_pod, naming.progress, naming.service_account):
         child = fn(name)
         assert len(child) <= 63
         assert child != fn("a" * 61)
+
+
+def test_the_largest_spec_the_crd_allows_fits_the_annotation_limit(body: dict[str, Any]) -> None:
+    """The API server refuses a pod whose annotations exceed 256 KiB together: the longest system
+    prompt the CRD allows, in characters YAML must escape (4 bytes each), still leaves room."""
+    body["spec"]["dataset"]["systemPrompt"] = "\x01" * 32768
+    body["spec"]["dataset"]["trainUri"] = "s3://data/" + "d" * (1024 - len("s3://data/"))
+    body["spec"]["lora"]["targetModules"] = [f"{i:03d}" + "m" * 125 for i in range(64)]
+    spec = FineTuneJobSpec.model_validate(body["spec"])
+    resolved = {**RESOLVED, "targetModules": spec.lora.target_modules}
+    for annotations in (builders.inspection_pod(body, spec, CONFIG)["metadata"]["annotations"],
+                        builders.training_job(body, spec, CONFIG, None, resolved)["spec"]["template"]["metadata"]["annotations"]):
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in annotations.items())
+        assert 4 * 32768 < size < 256 * 1024, size
+        assert yaml.safe_load(annotations[builders.CONFIG_ANNOTATION])["system_prompt"] == "\x01" * 32768

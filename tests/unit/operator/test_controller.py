@@ -154,7 +154,7 @@ def test_a_new_job_is_reconciled_from_the_cache_and_its_own_write_is_not_new_wor
     ctl.on_ftj(body)
     assert take(ctl) == [KEY]
     # The pod's way first; then, off the critical path, what the training step will need, and the Event.
-    assert api.writes() == [("create", "ConfigMap"), ("create", "Pod"), ("status", "llama-chat"),
+    assert api.writes() == [("create", "Pod"), ("status", "llama-chat"),
                             ("create", "ServiceAccount"), ("create", "Role"), ("create", "RoleBinding"),
                             ("create", "ConfigMap"), ("event", "Inspecting")]
     echo = api.objects[("FineTuneJob", "llama-chat")]
@@ -216,7 +216,6 @@ def test_a_job_missing_from_the_cache_is_checked_before_failing_as_deleted(
     uid = body["metadata"]["uid"]
     inspect = inspected_pod(uid)
     ctl.on_child("Pod", inspect)
-    ctl.on_child("ConfigMap", child("ConfigMap", naming.inspect_config("llama-chat"), "ic", uid))
     body["status"] = {"state": "Running", "attempts": 1, "observedGeneration": 1}
     api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
     ctl.on_ftj(body)
@@ -237,9 +236,9 @@ def test_the_audit_relist_drops_what_the_watch_missed(body: dict[str, Any], api:
     ctl.on_child("Pod", child("Pod", "kept-pod", "kept", uid))
     api.metadata = {"/pods": [{"uid": "kept"}], "/finetunejobs": [{"uid": uid}], "/jobs": [], "/configmaps": [],
                     "/nodes": []}
-    # the pod, plus the three children this reconcile created (inspection ConfigMap and pod, progress
+    # the pod, plus the two children this reconcile created (the inspection pod, the progress
     # ConfigMap) that the fake never listed
-    assert ctl.audit() == 1 + 3
+    assert ctl.audit() == 1 + 2
     assert set(ctl.cache.children(uid).pods) == {"kept-pod"}
     assert ctl.queue.get(timeout=0) == KEY  # the owner is reconciled after the repair
 
@@ -309,7 +308,7 @@ def test_a_name_held_by_a_predecessor_waits_instead_of_creating_another(
     monkeypatch.setattr(k8s, "ensure", foreign)
     ctl.on_ftj(body)
     take(ctl)
-    assert api.writes()[0] == ("create", "ConfigMap")  # the first refusal stops the rest
+    assert api.writes()[0] == ("create", "Pod")  # the first refusal stops the rest
     conditions = {c["type"]: c for c in api.objects[("FineTuneJob", "llama-chat")]["status"]["conditions"]}
     assert conditions["Scheduled"]["reason"] == "WaitingForPredecessor"
     assert ctl.queue.waiting() == 1  # tried again shortly, without an event
@@ -328,7 +327,7 @@ def test_the_training_step_creates_only_what_the_inspection_could_not_prepare(
     ctl.on_child("Pod", inspect)
     take(ctl)
     writes = api.writes()
-    assert writes[:3] == [("create", "ConfigMap"), ("create", "Job"), ("status", "llama-chat")], writes
+    assert writes[:2] == [("create", "Job"), ("status", "llama-chat")], writes
     assert not {("create", "ServiceAccount"), ("create", "Role"), ("create", "RoleBinding")} & set(writes)
     assert api.objects[("FineTuneJob", "llama-chat")]["status"]["state"] == "Queued"
 
@@ -348,7 +347,7 @@ def test_a_preparation_that_runs_after_its_step_sends_nothing(body: dict[str, An
     ctl.on_child("Pod", inspected_pod(uid))
     take(ctl)
     creates = [what for verb, what in api.writes() if verb == "create"]
-    assert creates == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "ConfigMap", "Job"]
+    assert creates == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
     ctl._run_inline()  # now the late chores: the preparation and the events
     assert not [what for verb, what in api.writes() if verb == "create" and what != "Event"]
 
@@ -358,14 +357,13 @@ def test_a_new_leader_still_creates_the_trainer_access_at_placement(
     ctl = make(clock)  # nothing prepared by this process: the inspection ran under another leader
     uid = body["metadata"]["uid"]
     ctl.on_node(H100_NODE)
-    ctl.on_child("ConfigMap", child("ConfigMap", naming.inspect_config("llama-chat"), "ic", uid))
     ctl.on_child("Pod", inspected_pod(uid))
     body["status"] = {"state": "Inspecting"}
     api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
     ctl.on_ftj(body)
     take(ctl)
     creates = [what for verb, what in api.writes() if verb == "create"]
-    assert creates == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "ConfigMap", "Job"]
+    assert creates == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
 
 
 def test_critical_writes_go_out_at_critical_priority_and_chores_at_low(
@@ -392,8 +390,8 @@ def test_critical_writes_go_out_at_critical_priority_and_chores_at_low(
     api.objects[("FineTuneJob", "llama-chat")] = copy.deepcopy(body)
     ctl.on_ftj(body)
     take(ctl)
-    assert seen[:3] == [("ConfigMap", CRITICAL), ("Pod", CRITICAL), ("status", CRITICAL)]  # a state change
-    assert all(level == LOW for _, level in seen[3:]) and len(seen) == 8
+    assert seen[:2] == [("Pod", CRITICAL), ("status", CRITICAL)]  # a state change
+    assert all(level == LOW for _, level in seen[2:]) and len(seen) == 7
     seen.clear()
     ctl.queue.add(KEY)
     take(ctl)  # Inspected: Started -> Running, no state change

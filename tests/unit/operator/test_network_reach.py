@@ -98,15 +98,16 @@ def test_hf_endpoint_and_s3_retries_come_from_the_operator_configuration(body: d
                                                            "connect_timeout_seconds": 3, "read_timeout_seconds": 20}})
     spec = FineTuneJobSpec.model_validate(body["spec"])
     affinity: dict[str, Any] = {}
-    job = builders.training_job(body, spec, config, affinity)
+    resolved = {"loraAlpha": 32, "targetModules": ["q_proj"], "computeDtype": "bf16", "microBatchSize": 1,
+                "gradientAccumulation": 1}
+    job = builders.training_job(body, spec, config, affinity, resolved)
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["HF_ENDPOINT"] == "https://hf-mirror.internal"
-    cfg = yaml.safe_load(builders.trainer_configmap(body, spec, config, {"loraAlpha": 32, "targetModules": ["q_proj"],
-                                                                         "computeDtype": "bf16", "microBatchSize": 1,
-                                                                         "gradientAccumulation": 1})["data"]["train.yaml"])
+    cfg = yaml.safe_load(builders.rendered_config(body, spec, config, resolved))
     assert (cfg["s3_retry_mode"], cfg["s3_max_attempts"]) == ("adaptive", 7)
     assert (cfg["s3_connect_timeout_seconds"], cfg["s3_read_timeout_seconds"]) == (3.0, 20.0)
     # without the setting the trainer gets no HF_ENDPOINT at all (huggingface.co), whatever the job says
-    plain = builders.training_job(body, spec, OperatorConfig.model_validate({"s3": {"endpoint": "http://s3.local:8333"}}), affinity)
+    plain = builders.training_job(body, spec, OperatorConfig.model_validate({"s3": {"endpoint": "http://s3.local:8333"}}),
+                                  affinity, resolved)
     assert "HF_ENDPOINT" not in {e["name"] for e in plain["spec"]["template"]["spec"]["containers"][0]["env"]}
 

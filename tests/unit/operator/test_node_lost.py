@@ -137,7 +137,7 @@ def test_the_controller_marks_the_pod_failed_then_force_deletes_it(body: dict[st
 def test_training_pods_tolerate_a_lost_node_for_the_configured_time(body: dict[str, Any]) -> None:
     config = CONFIG.model_copy(update={"node_lost_toleration_seconds": 30})
     spec = FineTuneJobSpec.model_validate(body["spec"])
-    pod_spec = builders.training_job({**body}, spec, config, None)["spec"]["template"]["spec"]
+    pod_spec = builders.training_job({**body}, spec, config, None, {})["spec"]["template"]["spec"]
     lost = {t["key"]: t for t in pod_spec["tolerations"] if t.get("effect") == "NoExecute"}
     assert lost == {key: {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30}
                     for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")}
@@ -148,7 +148,7 @@ def test_training_pods_tolerate_a_lost_node_for_the_configured_time(body: dict[s
            "tolerationSeconds": 600}
     spec = FineTuneJobSpec.model_validate({**body["spec"], "resources": {**body["spec"]["resources"],
                                                                           "tolerations": [own]}})
-    pod_spec = builders.training_job({**body}, spec, config, None)["spec"]["template"]["spec"]
+    pod_spec = builders.training_job({**body}, spec, config, None, {})["spec"]["template"]["spec"]
     assert [t.get("tolerationSeconds") for t in pod_spec["tolerations"]
             if t["key"] == "node.kubernetes.io/unreachable"] == [600]
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import pytest
+import yaml
 
-from finetune_operator import builders, cache, reconcile
+from finetune_operator import builders, cache, naming, reconcile
 from finetune_operator import conditions as cond
 from finetune_operator.config import OperatorConfig
 from localcluster.fleet import node_objects
@@ -43,16 +45,13 @@ def pod(phase: str, *, exit_code: int | None = None, reason: str = "", message: 
                                        "containerStatuses": [{"name": "trainer", "state": state}]}})
 
 
-CM = cache.configmap_facts({"metadata": {}})
-
-
 def inspected(body: dict[str, Any], arch: dict[str, Any] | None = None) -> reconcile.Observed:
     summary = {"class": "Succeeded", "architecture": arch or TINY_ARCH,
                "data": {"examples": 100, "train": 90, "validation": 10, "tokens": {"p50": 40, "p95": 80, "max": 90},
                         "truncatedFraction": "0", "warnings": []},
                "lossMasking": {"mode": "assistant_only", "trainOnInputs": False, "chatTemplate": "chatml",
                                "zeroWeightMessages": 0}}
-    return reconcile.Observed(body=body, inspect_config=CM,
+    return reconcile.Observed(body=body,
                               inspect_pod=pod("Succeeded", exit_code=0, message=summary), nodes=FLEET)
 
 
@@ -73,11 +72,16 @@ def kinds(plan: reconcile.Plan) -> list[str]:
     return [o["kind"] for o in plan.ensure]
 
 
+def ensured(plan: reconcile.Plan, kind: str) -> dict[str, Any]:
+    (found,) = [o for o in plan.ensure if o["kind"] == kind]
+    return found
+
+
 def test_new_job_starts_inspection_without_gpus(body: dict[str, Any]) -> None:
     plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), CONFIG)
     assert plan.status_data()["state"] == "Inspecting"
-    assert kinds(plan) == ["ConfigMap", "Pod"]
-    assert "nvidia.com/gpu" not in json.dumps(plan.ensure[1]["spec"]["containers"][0]["resources"])
+    assert kinds(plan) == ["Pod"]  # its configuration rides in the pod: nothing to create before it
+    assert "nvidia.com/gpu" not in json.dumps(ensured(plan, "Pod")["spec"]["containers"][0]["resources"])
     assert plan.status_data()["observedGeneration"] == 1
     assert ("Normal", "Inspecting", condition(plan, cond.INSPECTED)["message"]) in plan.events
 
@@ -120,13 +124,13 @@ def test_trainer_image_outside_allow_list_refused(body: dict[str, Any]) -> None:
     body["spec"]["trainerImage"] = listed
     plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), config)
     assert plan.status_data()["state"] == "Inspecting"
-    assert plan.ensure[1]["spec"]["containers"][0]["image"] == listed
+    assert ensured(plan, "Pod")["spec"]["containers"][0]["image"] == listed
 
 
 def test_trainer_image_without_allow_list_is_only_the_default(body: dict[str, Any]) -> None:
     """No allow-list: unset means the operator's image, naming it is fine, naming any other is refused."""
     plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), CONFIG)
-    assert plan.ensure[1]["spec"]["containers"][0]["image"] == CONFIG.trainer_image
+    assert ensured(plan, "Pod")["spec"]["containers"][0]["image"] == CONFIG.trainer_image
     body["spec"]["trainerImage"] = CONFIG.trainer_image
     plan = reconcile.plan(reconcile.Observed(body=body, nodes=FLEET), CONFIG)
     assert plan.status_data()["state"] == "Inspecting"
@@ -138,7 +142,7 @@ def test_trainer_image_without_allow_list_is_only_the_default(body: dict[str, An
 
 
 def test_data_error_at_inspection_fails_without_a_job(body: dict[str, Any]) -> None:
-    obs = reconcile.Observed(body=body, inspect_config=CM, inspect_pod=pod(
+    obs = reconcile.Observed(body=body, inspect_pod=pod(
         "Failed", exit_code=builders.EXIT_DATA_ERROR,
         message={"class": "DataError", "message": "line 3: invalid JSON", "reportUri": "s3://b/r.json"}))
     plan = reconcile.plan(obs, CONFIG)
@@ -150,14 +154,14 @@ def test_data_error_at_inspection_fails_without_a_job(body: dict[str, Any]) -> N
 
 
 def test_image_pull_failure_at_inspection(body: dict[str, Any]) -> None:
-    obs = reconcile.Observed(body=body, inspect_config=CM, inspect_pod=pod("Pending", waiting="ErrImagePull"))
+    obs = reconcile.Observed(body=body, inspect_pod=pod("Pending", waiting="ErrImagePull"))
     assert reconcile.plan(obs, CONFIG).status_data()["failure"]["reason"] == "ImagePullFailed"
 
 
 def test_passed_inspection_creates_training_objects_with_resolved_values(body: dict[str, Any]) -> None:
     body["spec"]["baseModel"] = {"uri": "s3://models/tiny/"}
     plan = reconcile.plan(inspected(body), CONFIG)
-    assert kinds(plan) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "ConfigMap", "Job"]
+    assert kinds(plan) == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
     assert plan.status_data()["state"] == "Queued"
     resolved = plan.status_data()["resolved"]
     assert resolved["loraAlpha"] == 32
@@ -167,17 +171,18 @@ def test_passed_inspection_creates_training_objects_with_resolved_values(body: d
     # What the loss covers is recorded in status, as the inspection decided it (issue 9 part 3).
     assert plan.status_data()["data"]["lossMasking"] == "assistant_only"
     assert plan.status_data()["data"]["chatTemplate"] == "chatml"
-    job = plan.ensure[-1]
+    job = ensured(plan, "Job")
     terms = job["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
     assert terms["requiredDuringSchedulingIgnoredDuringExecution"]
-    train_cfg = plan.ensure[4]["data"]["train.yaml"]
-    assert "progress_configmap: llama-chat-progress" in train_cfg
+    train_cfg = yaml.safe_load(job["spec"]["template"]["metadata"]["annotations"][builders.CONFIG_ANNOTATION])
+    assert train_cfg["progress_configmap"] == "llama-chat-progress"
+    assert (train_cfg["lora_alpha"], train_cfg["lora_target_modules"]) == (32, resolved["targetModules"])
 
 
 def test_70b_lora_without_quantization_is_unschedulable_with_suggestions(body: dict[str, Any]) -> None:
     body["spec"]["baseModel"] = {"uri": "hf://meta-llama/Llama-3.1-70B"}
     body["spec"]["method"] = "lora"
-    obs = reconcile.Observed(body=body, inspect_config=CM, inspect_pod=pod(
+    obs = reconcile.Observed(body=body, inspect_pod=pod(
         "Succeeded", exit_code=0, message={"class": "Succeeded"}), nodes=FLEET)
     plan = reconcile.plan(obs, CONFIG)
     assert plan.status_data()["failure"]["reason"] == "Unschedulable"
@@ -190,7 +195,7 @@ def test_wait_for_capacity_queues_instead_of_failing(body: dict[str, Any]) -> No
     body["spec"]["baseModel"] = {"uri": "hf://meta-llama/Llama-3.1-70B"}
     body["spec"]["method"] = "lora"
     body["spec"]["runPolicy"]["waitForCapacity"] = True
-    obs = reconcile.Observed(body=body, inspect_config=CM, inspect_pod=pod(
+    obs = reconcile.Observed(body=body, inspect_pod=pod(
         "Succeeded", exit_code=0, message={"class": "Succeeded"}), nodes=FLEET)
     plan = reconcile.plan(obs, CONFIG)
     assert plan.status_data()["state"] == "Queued"
@@ -289,13 +294,28 @@ def test_finished_jobs_are_left_alone(body: dict[str, Any]) -> None:
     assert plan.ensure == [] and plan.events == [] and plan.job_suspend is None
 
 
+def _hashed(facts: Any, spec_hash: str) -> Any:
+    return dataclasses.replace(facts, spec_hash=spec_hash)
+
+
 def test_spec_drift_is_reported(body: dict[str, Any]) -> None:
+    """The hash the Job (or, before it, the inspection pod) was rendered from, against the spec now."""
     obs = with_job(body, [pod("Running")])
-    obs.trainer_config = cache.configmap_facts({"metadata": {"annotations": {"finetune.dev/spec-hash": "0000"}}})
-    plan = reconcile.plan(obs, CONFIG)
-    validated = next(c for c in plan.status_data()["conditions"] if c["type"] == "Validated")
+    obs.job = _hashed(obs.job, builders.spec_hash(body["spec"]))
+    assert condition(reconcile.plan(obs, CONFIG), "Validated")["reason"] == "Valid"
+    obs.job = _hashed(obs.job, "0000")
+    validated = condition(reconcile.plan(obs, CONFIG), "Validated")
     assert validated["reason"] == "SpecChangeIgnored"
     assert "delete and re-create" in validated["message"]
+
+    inspecting = reconcile.Observed(body=body, inspect_pod=_hashed(pod("Running"), "0000"), nodes=FLEET)
+    assert condition(reconcile.plan(inspecting, CONFIG), "Validated")["reason"] == "SpecChangeIgnored"
+
+
+def test_the_spec_hash_is_read_from_the_annotation_of_a_pod_or_job() -> None:
+    annotated = {"metadata": {"annotations": {naming.SPEC_HASH_ANNOTATION: "abc"}}}
+    assert cache.pod_facts(annotated).spec_hash == cache.job_facts(annotated).spec_hash == "abc"
+    assert cache.pod_facts({"metadata": {}}).spec_hash is None  # made by an operator that recorded none
 
 
 def test_replay_is_stable(body: dict[str, Any]) -> None:
@@ -357,7 +377,7 @@ def test_attempts_survive_deleted_pods(body: dict[str, Any]) -> None:
 def test_data_error_lists_the_first_bad_lines(body: dict[str, Any]) -> None:
     summary = {"class": "DataError", "message": "data unusable: 2 lines have errors",
                "data": {"errors": [{"line": 3, "message": "invalid JSON"}, {"line": 7, "message": "unknown role"}]}}
-    obs = reconcile.Observed(body=body, inspect_config=CM,
+    obs = reconcile.Observed(body=body,
                              inspect_pod=pod("Failed", exit_code=builders.EXIT_DATA_ERROR, message=summary))
     message = reconcile.plan(obs, CONFIG).status_data()["failure"]["message"]
     assert "line 3: invalid JSON" in message and "line 7: unknown role" in message
