@@ -488,6 +488,8 @@ class Level:
         jobs = self.obs.jobs
         created_insp = [t.insp_pod - t.created for t in jobs.values() if t.insp_pod and t.created]
         insp_job = [t.job - t.insp_done for t in jobs.values() if t.job and t.insp_done]
+        # the whole way a user waits, the inspection pod's own run included
+        created_job = [t.job - t.created for t in jobs.values() if t.job and t.created]
         done_terminal = [t.terminal - t.job_done for t in jobs.values() if t.terminal and t.job_done]
         # progress
         writes = []
@@ -569,6 +571,7 @@ class Level:
             "create_s": round(created_s, 1),
             "latency_s": {"create_to_inspection_pod": stats(created_insp),
                           "inspection_done_to_training_job": stats(insp_job),
+                          "create_to_training_job": stats(created_job),
                           "job_done_to_terminal_status": stats(done_terminal),
                           "progress_write_to_status": stats(lag),
                           # the same, over the writes acknowledged in the steady state only
@@ -623,6 +626,7 @@ class Bench:
 
         from localcluster.cluster import down, up
         from localcluster.kwok import Kwok, create_nodes, gpu_count, gpu_fleet, locate_kwok, wait_ready
+        from localcluster.operator_runner import install_crd
         from localcluster.procs import ProcessTable
         from localcluster.pytest_plugin import create_service_account_kubeconfig
         from localcluster.supervisor import api_client
@@ -650,11 +654,7 @@ class Bench:
             create_nodes(self.api, specs)
             ready_s = wait_ready(self.api, [s.name for s in specs], 300)
             print(f"{len(specs)} kwok nodes Ready in {time.monotonic() - t:.1f}s ({ready_s:.1f}s after create)", flush=True)
-            kubectl = str(Path(sys.executable).parent / "kubectl")
-            env = {**os.environ, "KUBECONFIG": str(info.kubeconfig)}
-            for cmd in (["apply", "--server-side", "--force-conflicts", "-f", str(self.crd)],
-                        ["wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.finetune.dev"]):
-                subprocess.run([kubectl, *cmd], env=env, check=True, capture_output=True)
+            install_crd(info.kubeconfig, crd_file=self.crd)  # `kubectl wait` fails on a CRD without conditions yet
             core = client.CoreV1Api(self.api)
             core.create_namespace({"metadata": {"name": SA_NAMESPACE}})
             self.sa_kubeconfig, _ = create_service_account_kubeconfig(self.api, self.clusterrole, SA_NAMESPACE,

@@ -35,8 +35,8 @@ def kubectl_binary() -> str:
     return str(Path(sys.executable).parent / "kubectl")
 
 
-def install_crd(kubeconfig: Path, timeout: float = 60) -> None:
-    """Apply the generated CRD and wait until the API server serves it (Established)."""
+def install_crd(kubeconfig: Path, timeout: float = 60, crd_file: Path = CRD_FILE) -> None:
+    """Apply the generated CRD (or another tree's, `crd_file`) and wait until the API server serves it."""
     env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
 
     def kubectl(*args: str) -> str:
@@ -45,7 +45,7 @@ def install_crd(kubeconfig: Path, timeout: float = 60) -> None:
             raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
         return proc.stdout
 
-    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crd_file))
     # Read as JSON and looked at here: until the API server's establishing controller has run, the
     # CRD's status.conditions is null, and both `kubectl wait --for=condition=Established`
     # (".status.conditions accessor error") and a jsonpath filter on the conditions ("<nil> is not

@@ -40,8 +40,12 @@ def test_scale_bench_smoke(tmp_path: Path) -> None:
     run = result["runs"][0]
     assert run["finished"] and run["checks_ok"], json.dumps(run["checks"], indent=1)
     lat = run["latency_s"]
-    for key in ("create_to_inspection_pod", "inspection_done_to_training_job", "job_done_to_terminal_status"):
+    for key in ("create_to_inspection_pod", "inspection_done_to_training_job", "create_to_training_job",
+                "job_done_to_terminal_status"):
         assert lat[key]["n"] == 5, (key, lat[key])
+    # the whole way contains both steps and the inspection's own run, job by job
+    assert lat["create_to_training_job"]["max"] >= lat["create_to_inspection_pod"]["max"]
+    assert lat["create_to_training_job"]["max"] >= lat["inspection_done_to_training_job"]["max"]
     # Four writes per trainer (12 s every 3 s), every one acknowledged and matched against the status.
     assert run["progress"]["writes"] == 20
     assert lat["progress_write_to_status"]["n"] == 20
