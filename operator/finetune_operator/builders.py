@@ -21,7 +21,6 @@ INSPECT_CONFIG_PATH = "/etc/finetune/inspect.yaml"
 # On the inspection pod and the training Job's pod template; the pod's downward-API volume
 # turns the first into the file at *_CONFIG_PATH.
 CONFIG_ANNOTATION = "finetune.dev/trainer-config"
-SPEC_HASH_ANNOTATION = naming.SPEC_HASH_ANNOTATION
 CA_BUNDLE_DIR = "/etc/finetune/ca"
 TERMINATION_LOG = "/dev/termination-log"
 
@@ -209,7 +208,7 @@ def config_annotations(
     every attempt of a run reads exactly the values its first one used.
     """
     return {CONFIG_ANNOTATION: rendered_config(body, spec, config, resolved),
-            SPEC_HASH_ANNOTATION: spec_hash(body["spec"])}
+            naming.SPEC_HASH_ANNOTATION: spec_hash(body["spec"])}
 
 
 def progress_configmap(body: dict[str, Any]) -> dict[str, Any]:
@@ -415,7 +414,7 @@ def training_job(
     name = body["metadata"]["name"]
     job = _base("Job", "batch/v1", naming.training_job(name), body, "training")
     annotations = config_annotations(body, spec, config, resolved)
-    job["metadata"]["annotations"] = {SPEC_HASH_ANNOTATION: annotations[SPEC_HASH_ANNOTATION]}
+    job["metadata"]["annotations"] = {naming.SPEC_HASH_ANNOTATION: annotations[naming.SPEC_HASH_ANNOTATION]}
     policy = spec.run_policy
     template_labels = naming.labels(name, body["metadata"]["uid"], "training")
     kueue = spec.resources.kueue_queue

@@ -24,8 +24,8 @@ def _job(body: dict[str, Any], resolved: dict[str, Any] | None = None, **spec_ch
     return builders.training_job(body, spec, CONFIG, affinity, resolved or RESOLVED)
 
 
-def _train_yaml(body: dict[str, Any], resolved: dict[str, Any] | None = None) -> dict[str, Any]:
-    template = _job(body, resolved)["spec"]["template"]
+def _train_yaml(job: dict[str, Any]) -> dict[str, Any]:
+    template = job["spec"]["template"]
     filename, text = mounted_config(template["metadata"], template["spec"])
     assert filename == "train.yaml"
     return dict(yaml.safe_load(text))
@@ -120,7 +120,7 @@ def test_the_inspection_pod_carries_its_configuration_and_spec_hash(body: dict[s
 def test_trainer_config_carries_resolved_values_and_the_run_identity(body: dict[str, Any]) -> None:
     spec = FineTuneJobSpec.model_validate(body["spec"])
     job = _job(body)
-    cfg = _train_yaml(body)
+    cfg = _train_yaml(job)
     # what the trainer reads back is what was built, whichever YAML emitter wrote it
     assert cfg == builders.trainer_config(spec, body["metadata"], CONFIG, RESOLVED)
     # in the Job's pod template (immutable: every attempt reads the same file), with the spec hash
@@ -138,17 +138,17 @@ def test_trainer_config_carries_resolved_values_and_the_run_identity(body: dict[
 
 def test_train_on_inputs_reaches_the_trainer(body: dict[str, Any]) -> None:
     body["spec"]["dataset"]["trainOnInputs"] = True
-    assert _train_yaml(body)["train_on_inputs"] is True
+    assert _train_yaml(_job(body))["train_on_inputs"] is True
 
 
 def test_trainer_config_splits_expert_parameters_and_passes_auto_dtype(body: dict[str, Any]) -> None:
     """MoE experts go to PEFT's target_parameters; a dtype left to the GPU reaches the trainer as auto."""
     resolved = {**RESOLVED, "computeDtype": "auto", "targetModules": ["q_proj", "experts.gate_up_proj", "experts.down_proj"]}
-    cfg = _train_yaml(body, resolved)
+    cfg = _train_yaml(_job(body, resolved))
     assert cfg["lora_target_modules"] == ["q_proj"]
     assert cfg["lora_target_parameters"] == ["experts.gate_up_proj", "experts.down_proj"]
     assert cfg["dtype"] == "auto"
-    dense = _train_yaml(body)
+    dense = _train_yaml(_job(body))
     assert "lora_target_parameters" not in dense
 
 
